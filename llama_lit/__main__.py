@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/91_main.ipynb #7aeaf533
+# %% ../nbs/91_main.ipynb #22e3db26
+#| eval: false
 from .cli import main
 
 if __name__ == "__main__":

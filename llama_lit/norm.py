@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['RMSNorm']
 
-# %% ../nbs/01_rmsnorm.ipynb #7a825ce4
+# %% ../nbs/01_rmsnorm.ipynb #5fa3a4be
 import torch
 from torch import nn
 
-# %% ../nbs/01_rmsnorm.ipynb #ed1a152a
+# %% ../nbs/01_rmsnorm.ipynb #d14a0b4e
 class RMSNorm(nn.Module):
     "Root-mean-square layer norm: x / sqrt(mean(x²) + eps) * weight, statistics in float32."
     def __init__(self, dim: int, eps: float = 1e-6):
