@@ -49,6 +49,18 @@ def test_convert_from_hf_then_build(hf_dir, tmp_path):
     assert ours[0] == want[: len(ours[0])] and len(ours[0]) > 0   # ours stops early only at EOS
 
 
+def test_convert_sharded_safetensors(hf_dir, tmp_path):
+    """A checkpoint split into several safetensors files with an index converts to the same weights."""
+    model = transformers.LlamaForCausalLM.from_pretrained(hf_dir)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="300KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert main(["convert", "--from", "hf", str(tmp_path / "sharded"), str(tmp_path / "a")]) == 0
+    assert main(["convert", "--from", "hf", str(hf_dir), str(tmp_path / "b")]) == 0
+    from llama_lit.checkpoint import load_shard
+    a, b = load_shard(tmp_path / "a"), load_shard(tmp_path / "b")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_convert_back_to_hf(hf_dir, tmp_path):
     assert main(["convert", "--from", "hf", str(hf_dir), str(tmp_path / "meta")]) == 0
     assert main(["convert", "--to", "hf", str(tmp_path / "meta"), str(tmp_path / "hf2")]) == 0
