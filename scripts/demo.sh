@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up (if needed), then run the llama_lit demo on the CPU. Extra arguments go to `llama_lit demo`.
+# The main job: set up (if needed), then generate text on the CPU with the small LLaMA shipped in the package
+# (trained on Shakespeare by nbs/06_training.ipynb). Arguments, if any, replace the default ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/llama_lit demo "$@"
+if [ "$#" -eq 0 ]; then
+  set -- "ROMEO:" "JULIET:" "To be, or not to be" --max-gen-len 60 --temperature 0.8 --top-p 0.9 --seed 1
+fi
+exec .venv/bin/llama_lit generate "$@"

@@ -134,7 +134,8 @@ def test_chat_scripted_keeps_within_max_seq_len(ckpts):
 HELP = {"generate": ["--max-gen-len", "--temperature", "--top-p", "--seed", "--stream", "--ckpt-dir", "--tokenizer",
                      "--max-seq-len"],
         "chat": ["--system", "--max-gen-len", "--temperature", "--top-p", "--seed", "--ckpt-dir", "--tokenizer"],
-        "convert": ["--from", "--to"], "reshard": ["--mp"], "demo": ["--prompt", "--max-gen-len", "--seed"]}
+        "convert": ["--from", "--to"], "reshard": ["--mp"], "demo": ["--prompt", "--max-gen-len", "--seed"],
+        "train": ["--corpus", "--out", "--steps", "--dim", "--n-layers", "--lr", "--seed"]}
 
 
 @pytest.mark.parametrize("cmd", sorted(HELP))
@@ -176,3 +177,28 @@ def test_interrupted_reshard_leaves_nothing(ckpts, tmp_path, monkeypatch):
 def test_refuses_to_overwrite(capsys, ckpts):
     code, _, err = run_main(capsys, "reshard", ckpts[1], ckpts[2], "--mp", "1")
     assert code == 1 and "already exists" in err
+
+
+# --- the model shipped in the package -------------------------------------------------------------------
+
+def test_generate_with_no_flags_uses_the_shipped_model():
+    r = cli("generate", "ROMEO:", "--max-gen-len", "24", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    assert r.stdout.startswith("ROMEO:") and len(words) > 5
+
+
+def test_chat_with_no_flags():
+    r = cli("chat", "--max-gen-len", "16", input="Good morrow, sir.\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("assistant:") == 1
+
+
+def test_train_cli_writes_a_checkpoint_that_generates(tmp_path):
+    r = cli("train", "--out", tmp_path / "ck", "--steps", "3", "--dim", "32", "--n-layers", "1", "--n-heads", "2",
+            "--n-kv-heads", "1", "--multiple-of", "32", "--seq-len", "32", "--batch-size", "2", "--eval-interval", "3",
+            "--eval-iters", "1", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "validation loss" in r.stdout
+    g = cli("generate", "To be", "--ckpt-dir", tmp_path / "ck", "--max-gen-len", "4")
+    assert g.returncode == 0, g.stderr
