@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "$#" -eq 0 ]; then
-  set -- "ROMEO:" "JULIET:" "To be, or not to be" --max-gen-len 60 --temperature 0.8 --top-p 0.9 --seed 1
+  set -- "ROMEO:" "JULIET:" "KING HENRY:" --max-gen-len 60 --temperature 0.8 --top-p 0.9 --seed 1
 fi
 exec .venv/bin/llama_lit generate "$@"
