@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: set up (if needed); the package and README are in step with the notebooks, which are clean;
-# every notebook runs under nbdev_test, multi-process cells included; then pytest.
+# every notebook runs under nbdev_test, multi-process cells included; the docs site is built (scripts/docs.sh) for
+# the headless-Chromium test; then pytest. LLAMA_LIT_REQUIRE_SITE=1 (set by .ci/run) makes a missing browser fatal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -26,6 +27,17 @@ echo "== nbdev_test (all notebooks, flags: multiproc)"
 start=$(date +%s)
 "$bin/nbdev_test" --flags multiproc
 echo "notebooks: $(( $(date +%s) - start )) s"
+
+echo "== docs site"
+bash scripts/docs.sh
+if ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's chromium + chromium-driver for the browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "no chromium/chromedriver: the browser test will be skipped (apt-get install chromium chromium-driver)"
+  fi
+fi
 
 echo "== pytest"
 "$bin/python" -m pytest -q tests

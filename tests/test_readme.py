@@ -13,4 +13,4 @@ def test_readme_in_step_with_index():
 
 def test_readme_names_both_commands():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "bash scripts/demo.sh" in text and "bash scripts/test.sh" in text
+    assert "bash scripts/demo.sh" in text and "bash scripts/test.sh" in text and "bash scripts/docs.sh" in text
