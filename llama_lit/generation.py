@@ -18,6 +18,7 @@ from .tokenizer import PKG_DIR, Tokenizer
 from .attention import ModelArgs, init_model_parallel, no_weight_init
 from .model import Transformer
 from .checkpoint import check_parallel_sizes, checkpoint_files, load_shard, read_params
+from .fast import FastForward
 
 # %% auto #0
 __all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'sample_top_p',
@@ -76,12 +77,14 @@ def default_checkpoint_dir() -> Path:
 
 class Llama:
     "A LLaMA model and its tokenizer: Meta's generation API (build, generate, text_completion, chat_completion)."
-    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, forward=None):
         self.model, self.tokenizer = model, tokenizer
+        self.forward = model if forward is None else forward   # what the loop calls; chapter 07: FastForward(model)
 
     @staticmethod
     def build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int = 512, max_batch_size: int = 4,
-              model_parallel_size: int | None = None, seed: int = 1, device=None, dtype=None) -> "Llama":
+              model_parallel_size: int | None = None, seed: int = 1, device=None, dtype=None,
+              fast: bool = True) -> "Llama":
         "Load a Meta-format checkpoint (any shard count; default: the shipped model); tokenizer defaults to ckpt_dir/tokenizer.model."
         ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint_dir()
         params = read_params(ckpt_dir)
@@ -98,7 +101,7 @@ class Llama:
         t0 = time.perf_counter()
         model = build_transformer(args, load_shard(ckpt_dir, fs_init.get_model_parallel_rank(), mp), device, dtype)
         model.load_seconds = time.perf_counter() - t0
-        return Llama(model, tokenizer)
+        return Llama(model, tokenizer, forward=FastForward(model) if fast else None)   # fast=False: the path of ch. 03-05
 
     def _start(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs) -> _Run:
         p = self.model.params
@@ -129,8 +132,9 @@ class Llama:
                 logits = self.model(r.tokens, 0)
                 r.token_logprobs[:, 1:] = -F.cross_entropy(logits[:, :-1].transpose(1, 2), r.tokens[:, 1:],
                                                            reduction="none", ignore_index=pad_id)
+            forward = self.model if r.token_logprobs is not None else self.forward   # log-probs need every position
             for cur_pos in range(r.min_prompt_len, r.total_len):
-                logits = self.model(r.tokens[:, prev_pos:cur_pos], prev_pos)          # (bsz, cur_pos - prev_pos, vocab)
+                logits = forward(r.tokens[:, prev_pos:cur_pos], prev_pos)             # (bsz, cur_pos - prev_pos or 1, vocab)
                 nxt = next_token(logits[:, -1], r.temperature, r.top_p)
                 nxt = torch.where(r.input_text_mask[:, cur_pos], r.tokens[:, cur_pos], nxt)   # keep prompt tokens
                 r.tokens[:, cur_pos] = nxt
