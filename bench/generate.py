@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llama_lit.attention import LLAMA_CONFIGS, ModelArgs, init_model_parallel  # noqa: E402
-from llama_lit.fast import FastForward  # noqa: E402
+from llama_lit.fast import FastForward, weight_bytes_per_token  # noqa: E402
 from llama_lit.generation import Llama  # noqa: E402
 from llama_lit.model import Transformer, convert_meta_state_dict_to_hf, count_params, params_to_hf_config  # noqa: E402
 
@@ -280,7 +280,7 @@ def main(argv=None):
         fast = "llama_lit fast+compile"
     if device.type == "cuda":
         bw = bandwidth_bytes_per_s(device)
-        per_token = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n != "tok_embeddings.weight")
+        per_token = weight_bytes_per_token(margs, model.output.weight.element_size())
         bound = bw / per_token
         say(f"\nbandwidth {bw / 1e9:.0f} GB/s (device copy), {per_token / 1e9:.2f} GB of weights read per token: bound "
             f"{bound:.1f} tok/s at batch 1; {fast} reaches {results[fast, 1]['decode'] / bound:.0%} of it")
