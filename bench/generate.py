@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Generation speed, side by side in one process on the same random weights: llama_lit (the readable reference
-path of chapters 03-05 and the fast path of chapter 07) against Hugging Face transformers' LlamaForCausalLM.generate
+"""Generation speed, side by side in one process on the same random weights: llama_lit (the fast path of chapter
+07; with --reference also the readable path of chapters 03-05) against Hugging Face transformers' LlamaForCausalLM.generate
 (its default cache and attention, and its static cache; with --compile also torch.compile on both sides).
 
 Same prompt, greedy, the same number of new tokens; the generated tokens must agree before any speed is reported.
@@ -47,7 +47,7 @@ def parse_args(argv=None):
     ap.add_argument("--runs", type=int, default=3, help="timed runs per row (median reported), after one warm-up")
     ap.add_argument("--compile", action="store_true", help="also torch.compile: llama_lit's decode step and "
                     "transformers' forward with its static cache (slow to compile on a CPU)")
-    ap.add_argument("--skip-reference", action="store_true", help="leave out llama_lit's reference path")
+    ap.add_argument("--reference", action="store_true", help="also llama_lit's reference path (chapters 03-05)")
     ap.add_argument("--ablation", action="store_true", help="also: decode speed at batch 1 with each fast-path step added")
     ap.add_argument("--tiny", action="store_true", help="a tiny model (a smoke test of this script, not a benchmark)")
     ap.add_argument("--seed", type=int, default=0)
@@ -191,7 +191,7 @@ def contenders_for(args, model, hf, device, tp: bool) -> dict:
     "name -> (runner, bytes it holds before a run). Each llama_lit contender gets its own Llama over the same model."
     held = cache_bytes(model)
     out = {}
-    if not args.skip_reference:
+    if args.reference:
         out["llama_lit reference"] = (llama_lit_runner(Llama(model, NoStop()), device), held)
     out["llama_lit fast"] = (llama_lit_runner(Llama(model, NoStop(), forward=FastForward(model)), device), held)
     if args.compile:
