@@ -36,25 +36,59 @@ class ModelArgs:
     ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0         # Llama 3: 500000
+    use_scaled_rope: bool = False       # Llama 3.1/3.2: scale the low RoPE frequencies (chapter 02)
+    rope_scaling_factor: float = 8.0    # 8 for Llama 3.1; 32 for the Llama 3.2 1B/3B configs
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
+    tie_word_embeddings: bool = False   # output.weight is tok_embeddings.weight (Llama 3.2 1B/3B)
+    vocab_parallel_embedding: bool = False  # Llama 3: tok_embeddings split by vocabulary rows across processes
+    context_length: int | None = None   # the context the model was trained for (None: unknown)
     max_batch_size: int = 32
     max_seq_len: int = 2048
 
     def __post_init__(self):
+        for name in ("dim", "n_layers", "n_heads", "max_batch_size", "max_seq_len"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1):
+            raise ValueError(f"n_kv_heads must be a positive integer or None, got {self.n_kv_heads!r}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % (self.n_kv_heads or self.n_heads):
             raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even: RoPE rotates pairs of dimensions")
+        if self.use_scaled_rope and not (self.rope_scaling_factor >= 1
+                                         and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+            raise ValueError(f"RoPE scaling needs factor >= 1 and 0 < low_freq_factor < high_freq_factor, got "
+                             f"{self.rope_scaling_factor}, {self.rope_low_freq_factor}, {self.rope_high_freq_factor}")
 
     @property
     def head_dim(self) -> int: return self.dim // self.n_heads
 
+    def rope_scaling(self) -> dict | None:
+        "The Llama 3.1 frequency scaling for `precompute_freqs_cis` (chapter 02), or None for plain RoPE."
+        if not self.use_scaled_rope: return None
+        return dict(factor=self.rope_scaling_factor, low_freq_factor=self.rope_low_freq_factor,
+                    high_freq_factor=self.rope_high_freq_factor, original_max_seq_len=self.rope_original_max_seq_len)
+
     @classmethod
     def from_params(cls, params: dict, **overrides) -> "ModelArgs":
-        "Build from a `params.json` dict, ignoring keys this version does not use (e.g. `use_scaled_rope`)."
-        known = {k: v for k, v in {**params, **overrides}.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        "Build from a `params.json` dict; a key this code does not implement is refused, never dropped."
+        if not isinstance(params, dict):
+            raise ValueError(f"params must be a JSON object (a dict), got {type(params).__name__}")
+        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"params.json has keys llama_lit does not implement: {unknown}; running without them "
+                             f"could be a different model (known keys: {sorted(cls.__dataclass_fields__)})")
+        merged = {**params, **overrides}
+        if merged.get("rope_scaling_factor") is None: merged.pop("rope_scaling_factor", None)   # Meta writes null
+        return cls(**merged)
 
 # %% ../nbs/03_attention_kvcache.ipynb #b679cfc8
+_LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, norm_eps=1e-5, vocab_parallel_embedding=True)
 LLAMA_CONFIGS = {
     "llama1-7b":  dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256, norm_eps=1e-6, vocab_size=32000),
     "llama1-13b": dict(dim=5120, n_layers=40, n_heads=40, multiple_of=256, norm_eps=1e-6, vocab_size=32000),
@@ -64,8 +98,15 @@ LLAMA_CONFIGS = {
     "llama2-13b": dict(dim=5120, n_layers=40, n_heads=40, multiple_of=256, norm_eps=1e-5, vocab_size=32000),
     "llama2-70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3,
                        norm_eps=1e-5, vocab_size=32000),
-    "llama3-8b":  dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3,
-                       norm_eps=1e-5, vocab_size=128256, rope_theta=500000.0),
+    "llama3-8b":  dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3, **_LLAMA3),
+    "llama3.1-8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3,
+                        use_scaled_rope=True, **_LLAMA3),
+    "llama3.1-70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3,
+                         use_scaled_rope=True, **_LLAMA3),
+    "llama3.2-1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, multiple_of=256, ffn_dim_multiplier=1.5,
+                        use_scaled_rope=True, rope_scaling_factor=32.0, tie_word_embeddings=True, **_LLAMA3),
+    "llama3.2-3b": dict(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, multiple_of=256, ffn_dim_multiplier=1.0,
+                        use_scaled_rope=True, rope_scaling_factor=32.0, tie_word_embeddings=True, **_LLAMA3),
 }
 
 # %% ../nbs/03_attention_kvcache.ipynb #c4c58e9e

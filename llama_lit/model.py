@@ -8,15 +8,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from fairscale.nn.model_parallel.layers import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
+from fairscale.nn.model_parallel.layers import (ColumnParallelLinear, ParallelEmbedding, RowParallelLinear,
+                                               VocabParallelEmbedding)
 
 from .norm import RMSNorm
-from .rope import precompute_freqs_cis, permute_hf_to_meta, permute_meta_to_hf
+from .rope import precompute_freqs_cis
 from .attention import Attention, ModelArgs, LLAMA_CONFIGS, causal_mask, init_model_parallel, _linear_init
 
 # %% auto #0
-__all__ = ['ffn_hidden_dim', 'FeedForward', 'TransformerBlock', 'Transformer', 'meta_state_dict', 'expected_keys', 'count_params',
-           'hf_config_to_params', 'convert_hf_state_dict', 'convert_meta_state_dict_to_hf', 'params_to_hf_config']
+__all__ = ['ffn_hidden_dim', 'FeedForward', 'TransformerBlock', 'uses_vocab_parallel', 'Transformer', 'meta_state_dict',
+           'expected_keys', 'tie_state_dict', 'count_params']
 
 # %% ../nbs/04_ffn_parallel.ipynb #72152ff1
 def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
@@ -57,6 +58,10 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 # %% ../nbs/04_ffn_parallel.ipynb #f6ba5367
+def uses_vocab_parallel(args: ModelArgs) -> bool:
+    "Whether tok_embeddings is split by vocabulary rows (Llama 3, and any tied model) rather than by dimension."
+    return args.vocab_parallel_embedding or args.tie_word_embeddings
+
 class Transformer(nn.Module):
     "The LLaMA decoder: tok_embeddings -> n_layers × TransformerBlock -> norm -> output (float32 logits)."
     def __init__(self, params: ModelArgs):
@@ -65,12 +70,19 @@ class Transformer(nn.Module):
             raise ValueError(f"vocab_size must be set (got {params.vocab_size}); take it from the tokenizer's n_words")
         init_model_parallel()
         self.params, self.vocab_size, self.n_layers = params, params.vocab_size, params.n_layers
-        self.tok_embeddings = ParallelEmbedding(params.vocab_size, params.dim, init_method=_linear_init())
+        Embedding = VocabParallelEmbedding if uses_vocab_parallel(params) else ParallelEmbedding
+        self.tok_embeddings = Embedding(params.vocab_size, params.dim, init_method=_linear_init())
         self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
         self.output = ColumnParallelLinear(params.dim, params.vocab_size, bias=False, init_method=_linear_init())
+        self.tie_weights()
         # complex64 (2·max_seq_len, head_dim/2); a plain attribute (not a buffer) so .to(bfloat16) cannot drop its imaginary part
-        self.freqs_cis = precompute_freqs_cis(params.head_dim, params.max_seq_len * 2, params.rope_theta)
+        self.freqs_cis = precompute_freqs_cis(params.head_dim, params.max_seq_len * 2, params.rope_theta,
+                                              params.rope_scaling())
+
+    def tie_weights(self):
+        "For a tied model, make output.weight the very tensor of tok_embeddings.weight (again after loading weights)."
+        if self.params.tie_word_embeddings: self.output.weight = self.tok_embeddings.weight
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = True) -> torch.Tensor:
         "Logits (bsz, seqlen, vocab_size) for `tokens` (bsz, seqlen) placed at positions start_pos.. of the cache."
@@ -92,96 +104,41 @@ def meta_state_dict(sd: dict) -> dict:
     "A Meta checkpoint's state dict without the unused `rope.freqs` entry, ready for load_state_dict(strict=True)."
     return {k: v for k, v in sd.items() if k != "rope.freqs"}
 
-def expected_keys(n_layers: int) -> list[str]:
-    "The state-dict keys of a Meta LLaMA checkpoint with `n_layers` blocks (without rope.freqs)."
+def expected_keys(n_layers: int, tied: bool = False) -> list[str]:
+    "The state-dict keys of a Meta LLaMA checkpoint with `n_layers` blocks (without rope.freqs; no output.weight if tied)."
     per_layer = ["attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1",
                  "feed_forward.w2", "feed_forward.w3", "attention_norm", "ffn_norm"]
     return (["tok_embeddings.weight"] + [f"layers.{i}.{n}.weight" for i in range(n_layers) for n in per_layer]
-            + ["norm.weight", "output.weight"])
+            + ["norm.weight"] + ([] if tied else ["output.weight"]))
+
+def tie_state_dict(sd: dict, tied: bool) -> dict:
+    "A state dict ready for a (tied or untied) Transformer: a tied one gets output.weight = tok_embeddings.weight."
+    if not tied:
+        if "output.weight" not in sd:
+            raise ValueError("the checkpoint has no output.weight but the model is not tied; set "
+                             "tie_word_embeddings (params.json) or tie_word_embeddings: true (config.json) if it is")
+        return sd
+    emb, out = sd.get("tok_embeddings.weight"), sd.get("output.weight")
+    if out is not None and emb is not None and out is not emb and (out.shape != emb.shape or not torch.equal(out, emb)):
+        raise ValueError("tie_word_embeddings is set but output.weight differs from tok_embeddings.weight; "
+                         "the model is not tied: set tie_word_embeddings to false")
+    return {**sd, "output.weight": emb} if emb is not None else sd
 
 # %% ../nbs/04_ffn_parallel.ipynb #1ac03df9
 def count_params(args: ModelArgs) -> int:
-    "Number of parameters of a LLaMA model with these args (embedding and output head counted separately)."
+    "Number of parameters of a LLaMA model with these args (the output head counted once more unless tied)."
     d, hd, n_kv = args.dim, args.head_dim, args.n_kv_heads or args.n_heads
     h = ffn_hidden_dim(d, args.multiple_of, args.ffn_dim_multiplier)
     attn = 2 * d * args.n_heads * hd + 2 * d * n_kv * hd
     block = attn + 3 * d * h + 2 * d
-    return 2 * args.vocab_size * d + d + args.n_layers * block
+    heads = 1 if args.tie_word_embeddings else 2               # tok_embeddings, and output unless it is the same tensor
+    return heads * args.vocab_size * d + d + args.n_layers * block
 
 # %% ../nbs/04_ffn_parallel.ipynb #5878a25a
-_HF_LAYER = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
-             "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
-             "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm"}
-
 def _ffn_sizing(dim: int, intermediate_size: int) -> dict:
     "multiple_of / ffn_dim_multiplier that make ffn_hidden_dim(dim, ...) == intermediate_size (Meta's values first)."
-    for multiple_of, mult in ((256, None), (4096, 1.3), (1024, 1.3), (256, 1.3), (intermediate_size, None)):
+    for multiple_of, mult in ((256, None), (4096, 1.3), (1024, 1.3), (256, 1.5), (256, 1.0), (256, 1.3),
+                              (intermediate_size, None)):
         if ffn_hidden_dim(dim, multiple_of, mult) == intermediate_size:
             return dict(multiple_of=multiple_of, ffn_dim_multiplier=mult)
     return dict(multiple_of=intermediate_size, ffn_dim_multiplier=intermediate_size / int(2 * 4 * dim / 3))
-
-def hf_config_to_params(cfg: dict) -> dict:
-    "Meta params.json fields from a Hugging Face LlamaConfig dict (transformers 4.x or 5.x)."
-    dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ValueError(f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r} is not supported; only default RoPE")
-    if cfg.get("head_dim") not in (None, dim // n_heads):
-        raise ValueError(f"head_dim={cfg['head_dim']} differs from hidden_size/num_attention_heads={dim // n_heads}")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise ValueError("checkpoints with attention or MLP biases are not LLaMA-shaped")
-    params = dict(dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
-                  n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
-                  norm_eps=cfg.get("rms_norm_eps", 1e-5),
-                  rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
-                  **_ffn_sizing(dim, cfg["intermediate_size"]))
-    return params
-
-def convert_hf_state_dict(hf_sd: dict, params: dict) -> dict:
-    "Meta-named state dict from a LlamaForCausalLM state dict: renamed keys, q/k rows permuted back to interleaved RoPE."
-    n_heads, n_kv = params["n_heads"], params.get("n_kv_heads") or params["n_heads"]
-    out = {}
-    for k, v in hf_sd.items():
-        k = k.removeprefix("model.")
-        if k.endswith("rotary_emb.inv_freq"): continue
-        if k == "embed_tokens.weight": out["tok_embeddings.weight"] = v
-        elif k == "norm.weight": out["norm.weight"] = v
-        elif k == "lm_head.weight": out["output.weight"] = v
-        elif k.startswith("layers."):
-            _, i, rest = k.split(".", 2)
-            name = _HF_LAYER[rest.removesuffix(".weight")]
-            if name == "attention.wq": v = permute_hf_to_meta(v, n_heads)
-            if name == "attention.wk": v = permute_hf_to_meta(v, n_kv)
-            out[f"layers.{i}.{name}.weight"] = v
-        else: raise ValueError(f"unexpected key in Hugging Face state dict: {k}")
-    out.setdefault("output.weight", out["tok_embeddings.weight"])       # tied embeddings
-    return out
-
-def convert_meta_state_dict_to_hf(sd: dict, params: dict) -> dict:
-    "The inverse of `convert_hf_state_dict`: Meta names and RoPE layout -> LlamaForCausalLM names and layout."
-    n_heads, n_kv = params["n_heads"], params.get("n_kv_heads") or params["n_heads"]
-    inv = {v: k for k, v in _HF_LAYER.items()}
-    out = {}
-    for k, v in meta_state_dict(sd).items():
-        if k == "tok_embeddings.weight": out["model.embed_tokens.weight"] = v
-        elif k == "norm.weight": out["model.norm.weight"] = v
-        elif k == "output.weight": out["lm_head.weight"] = v
-        else:
-            _, i, rest = k.split(".", 2)
-            name = rest.removesuffix(".weight")
-            if name == "attention.wq": v = permute_meta_to_hf(v, n_heads)
-            if name == "attention.wk": v = permute_meta_to_hf(v, n_kv)
-            out[f"model.layers.{i}.{inv[name]}.weight"] = v
-    return out
-
-def params_to_hf_config(params: dict) -> dict:
-    "A LlamaConfig dict for Meta params (the inverse of `hf_config_to_params`)."
-    dim = params["dim"]
-    return dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=dim,
-                intermediate_size=ffn_hidden_dim(dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier")),
-                num_hidden_layers=params["n_layers"], num_attention_heads=params["n_heads"],
-                num_key_value_heads=params.get("n_kv_heads") or params["n_heads"], vocab_size=params["vocab_size"],
-                rms_norm_eps=params.get("norm_eps", 1e-5), hidden_act="silu", tie_word_embeddings=False,
-                rope_theta=params.get("rope_theta", 10000.0),
-                rope_parameters={"rope_type": "default", "rope_theta": params.get("rope_theta", 10000.0)},
-                max_position_embeddings=params.get("max_seq_len", 4096), bos_token_id=1, eos_token_id=2)
