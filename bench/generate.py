@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llama_lit.attention import LLAMA_CONFIGS, ModelArgs, init_model_parallel  # noqa: E402
 from llama_lit.fast import FastForward, weight_bytes_per_token  # noqa: E402
 from llama_lit.generation import Llama  # noqa: E402
-from llama_lit.model import Transformer, convert_meta_state_dict_to_hf, count_params, params_to_hf_config  # noqa: E402
+from llama_lit.model import Transformer, count_params  # noqa: E402
+from llama_lit.checkpoint import convert_meta_state_dict_to_hf, params_to_hf_config  # noqa: E402
 
 CPU_DEFAULT = dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, vocab_size=32000, multiple_of=256)
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32)
@@ -172,7 +173,7 @@ def build_models(args, device):
     model.freqs_cis = model.freqs_cis.to(device)
     if torch.distributed.get_world_size() > 1:                          # tensor parallel: llama_lit alone
         return margs, model, None
-    params = {k: v for k, v in cfg.items()}
+    params = {**cfg, "context_length": margs.max_seq_len}
     hf_cfg = LlamaConfig(**params_to_hf_config(params), torch_dtype=args.dtype)
     hf_cfg.max_position_embeddings = max(hf_cfg.max_position_embeddings, margs.max_seq_len)
     with torch.device(device):

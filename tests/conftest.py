@@ -13,7 +13,7 @@ from llama_lit.tokenizer import Tokenizer, default_tokenizer_path
 
 HERE = Path(__file__).parent
 
-TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, norm_eps=1e-5, rope_theta=10000.0)
+TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, norm_eps=1e-5, rope_theta=10000.0, context_length=64)
 
 
 def write_random_checkpoint(out: Path, mp: int = 1, seed: int = 0, **overrides) -> Path:

@@ -6,7 +6,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from llama_lit.attention import ModelArgs
-from llama_lit.model import (Transformer, convert_hf_state_dict, convert_meta_state_dict_to_hf, expected_keys,
+from llama_lit.model import Transformer, expected_keys
+from llama_lit.checkpoint import (convert_hf_state_dict, convert_meta_state_dict_to_hf,
                              hf_config_to_params)
 
 ROPE_THETA = 50000.0   # not the default, so a converter that ignores it fails
