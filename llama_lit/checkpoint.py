@@ -22,10 +22,11 @@ from .model import (Transformer, _ffn_sizing, ffn_hidden_dim, meta_state_dict, t
 # %% auto #0
 __all__ = ['TOKENIZER_FILES', 'split_dim', 'shards_vocab_parallel', 'merge_shards', 'split_state_dict', 'check_parallel_sizes',
            'expected_shapes', 'check_state_dict', 'read_json', 'read_params', 'checkpoint_files', 'load_pth',
-           'full_shapes', 'load_shard', 'atomic_dir', 'copy_tokenizer_files', 'save_checkpoint', 'embedding_layout',
-           'reshard', 'hf_config_to_params', 'convert_hf_state_dict', 'convert_meta_state_dict_to_hf',
-           'known_context_length', 'params_to_hf_config', 'convert_from_hf', 'convert_to_hf', 'convert_from_gguf',
-           'checkpoint_format', 'read_model_params', 'check_model_files', 'load_model_shard']
+           'full_shapes', 'load_shard', 'check_output_dir', 'clean_stale_temps', 'atomic_dir', 'copy_tokenizer_files',
+           'save_checkpoint', 'embedding_layout', 'reshard', 'hf_config_to_params', 'convert_hf_state_dict',
+           'convert_meta_state_dict_to_hf', 'known_context_length', 'params_to_hf_config', 'convert_from_hf',
+           'convert_to_hf', 'convert_from_gguf', 'checkpoint_format', 'read_model_params', 'check_model_files',
+           'load_model_shard']
 
 # %% ../nbs/08_checkpoints.ipynb #08ae6598
 _SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1,
@@ -139,7 +140,12 @@ def checkpoint_files(ckpt_dir) -> list[Path]:
 def load_pth(path) -> dict:
     "torch.load a state dict lazily (mmap) and safely (weights only); a damaged file raises ValueError naming it."
     if not Path(path).is_file(): raise ValueError(f"{path} is not a regular file")
-    try: sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    def load(mmap: bool): return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    try:
+        try: sd = load(mmap=True)
+        except RuntimeError as e:                                    # a legacy (pre-zip) .pth cannot be memory-mapped
+            if "mmap" not in str(e): raise
+            sd = load(mmap=False)
     except Exception as e: raise ValueError(f"cannot read checkpoint file {path} (corrupt or truncated?): {e}") from None
     if not isinstance(sd, dict): raise ValueError(f"{path} does not hold a state dict")
     return sd
@@ -174,13 +180,41 @@ def load_shard(ckpt_dir, rank: int = 0, world: int = 1, vocab_parallel: bool = F
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
 
+def check_output_dir(out_dir) -> Path:
+    "Refuse, before any work, an output directory that exists or cannot be created (a file in the way, no permission)."
+    out = Path(out_dir)
+    if out.exists() or out.is_symlink():
+        raise FileExistsError(f"output directory already exists: {out}; remove it or choose another")
+    anc = out.parent
+    while not anc.exists() and anc != anc.parent: anc = anc.parent
+    if not anc.is_dir(): raise ValueError(f"cannot create {out}: {anc} is a file, not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create {out}: {anc} is not writable; choose another output directory")
+    return out
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def clean_stale_temps(out_dir) -> list[Path]:
+    "Remove the temporary directories that a killed earlier write of `out_dir` left (their process is gone)."
+    out, removed = Path(out_dir), []
+    if not out.parent.is_dir(): return removed
+    for d in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = d.name.removeprefix(f".{out.name}.tmp-").split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True); removed.append(d)
+    return removed
+
 @contextmanager
 def atomic_dir(out_dir):
     "Yield a temporary directory that becomes `out_dir` only if the block finishes; removed on any error."
-    out = Path(out_dir)
-    if out.exists(): raise FileExistsError(f"output directory already exists: {out}; remove it or choose another")
+    out = check_output_dir(out_dir)
+    clean_stale_temps(out)                                           # litter of a run that was killed (SIGKILL)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0); os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)                                    # as mkdir would, not mkdtemp's 0700
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 
@@ -19,12 +20,12 @@ from .tokenizer import Tokenizer
 from .attention import LLAMA_CONFIGS, ModelArgs, kv_cache_bytes
 from .model import Transformer, count_params, ffn_hidden_dim
 from .generation import Llama, format_dialog, is_unsafe, chat_format, UNSAFE_ERROR
-from .checkpoint import convert_from_gguf, convert_from_hf, convert_to_hf, reshard
+from .checkpoint import check_output_dir, convert_from_gguf, convert_from_hf, convert_to_hf, reshard
 from .training import TrainConfig, train
 
 # %% auto #0
-__all__ = ['MODELS', 'greedy_decode', 'demo', 'smollm2_gguf', 'cmd_generate', 'fit_dialog', 'cmd_chat', 'cmd_convert',
-           'cmd_reshard', 'cmd_train', 'main']
+__all__ = ['MODELS', 'greedy_decode', 'demo', 'smollm2_gguf', 'utf8_text', 'cmd_generate', 'fit_dialog', 'cmd_chat',
+           'cmd_convert', 'cmd_reshard', 'cmd_train', 'main']
 
 # %% ../nbs/90_cli.ipynb #45f7fb1d
 def greedy_decode(model: Transformer, prompt: list[int], n_new: int) -> tuple[list[int], torch.Tensor]:
@@ -128,12 +129,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/90_cli.ipynb #1f26696e
+def utf8_text(s: str, what: str) -> str:
+    "`s` as valid UTF-8 text: bytes that are not (an argument or a line under a non-UTF-8 locale) become U+FFFD, with a warning."
+    try:
+        s.encode("utf-8"); return s
+    except UnicodeEncodeError:
+        fixed = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        print(f"llama_lit: warning: {what} is not valid UTF-8; undecodable bytes replaced by U+FFFD", file=sys.stderr, flush=True)
+        return fixed
+
 def _build(a, max_batch_size: int) -> Llama:
     ckpt = a.ckpt_dir if a.ckpt_dir is not None else MODELS[a.model]()
     return Llama.build(ckpt, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed)
 
 def cmd_generate(a) -> int:
     if a.stream and len(a.prompts) != 1: raise ValueError("--stream takes exactly one prompt")
+    a.prompts = [utf8_text(x, f"prompt {k + 1}") for k, x in enumerate(a.prompts)]
     llm = _build(a, max_batch_size=len(a.prompts))
     if a.stream:
         _say(a.prompts[0], end="")
@@ -165,12 +176,12 @@ def cmd_chat(a) -> int:
     llm = _build(a, max_batch_size=1)
     budget = a.max_seq_len - a.max_gen_len
     if budget < 8: raise ValueError(f"--max-seq-len {a.max_seq_len} leaves no room for a prompt after --max-gen-len {a.max_gen_len}")
-    dialog = [{"role": "system", "content": a.system}] if a.system else []
+    dialog = [{"role": "system", "content": utf8_text(a.system, "--system")}] if a.system else []
     if is_unsafe(dialog, llm.tokenizer): raise ValueError("--system contains the chat format's own markup; remove it")
     _say(f"(chat format: {chat_format(llm.tokenizer)}; one message per line; end of input quits)")
     while (line := _read_line()) is not None:
         if not line.strip(): continue
-        message = {"role": "user", "content": line.strip()}
+        message = {"role": "user", "content": utf8_text(line.strip(), "this line")}
         if is_unsafe([message], llm.tokenizer):                # refuse this message alone; the session goes on
             _say(f"llama_lit: {UNSAFE_ERROR}"); continue
         try: dialog = fit_dialog(dialog + [message], llm.tokenizer, budget)
@@ -195,6 +206,7 @@ def cmd_reshard(a) -> int:
 
 def cmd_train(a) -> int:
     cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__})
+    check_output_dir(a.out)                                   # before training, not after: never lose a run
     h = train(cfg, a.corpus, a.out, a.tokenizer, progress=_rank0())
     for step, text in h["samples"]: _say(f"[step {step}] {text!r}")
     _say(f"{h['params']:,} parameters, {cfg.steps} steps, {h['tokens']:,} tokens in {h['seconds']:.0f} s "
@@ -202,22 +214,46 @@ def cmd_train(a) -> int:
          f"(perplexity {math.exp(h['val_loss'][-1]):.1f}; unigram baseline {h['unigram_val_ppl']:.1f}); wrote {a.out}")
     return 0
 
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of `llama_lit` and `python -m llama_lit`."
-    parser = _parser()
-    a = parser.parse_args(argv)
+def _check_common(a) -> None:
+    "Bad values shared by several commands, refused before anything is loaded."
+    if getattr(a, "seed", None) is not None and not 0 <= a.seed < 2**63:
+        raise ValueError(f"--seed must be between 0 and 2**63 - 1, got {a.seed}")
+    if getattr(a, "max_seq_len", 1) < 1: raise ValueError(f"--max-seq-len must be at least 1, got {a.max_seq_len}")
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)                              # unwinds: half-written outputs are removed on the way
+
+def _run(parser, a) -> int:
     if a.command == "demo":
         if not 1 <= a.max_gen_len <= 40:
             parser.error(f"--max-gen-len must be between 1 and 40, got {a.max_gen_len}")
-        res = demo(a.prompt, a.max_gen_len, a.seed)
+        res = demo(utf8_text(a.prompt, "--prompt"), a.max_gen_len, a.seed)
         return 0 if res["max_diff"] < 1e-4 else 1
     cmd = {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "reshard": cmd_reshard,
            "train": cmd_train}[a.command]
+    return cmd(a)
+
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of `llama_lit` and `python -m llama_lit`: every failure is one line on stderr and a non-zero status."
+    parser = _parser()
+    a = parser.parse_args(argv)
+    if threading_main := (signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)):
+        try: signal.signal(signal.SIGTERM, _terminate)
+        except ValueError: threading_main = False                 # not the main thread
     try:
-        return cmd(a)
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
-        print(f"llama_lit: error: {e}", file=sys.stderr, flush=True)
+        _check_common(a)
+        return _run(parser, a)
+    except KeyboardInterrupt:
+        if _rank0(): print("llama_lit: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except SystemExit as e:
+        if isinstance(e.code, int) and e.code > 128 and _rank0():
+            print(f"llama_lit: terminated by signal {e.code - 128}", file=sys.stderr, flush=True)
+        raise
+    except (OSError, ValueError, TypeError, RuntimeError) as e:    # OSError: missing files, permissions, a full disk
+        if _rank0(): print(f"llama_lit: error: {e}", file=sys.stderr, flush=True)   # once, not once per rank
         return 1
     finally:
+        if threading_main: signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if "RANK" in os.environ and dist.is_initialized():       # torchrun: leave cleanly (NCCL warns otherwise)
             fs_init.destroy_model_parallel(); dist.destroy_process_group()

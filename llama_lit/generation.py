@@ -5,6 +5,7 @@
 # %% ../nbs/05_generation.ipynb #90368a5f
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 import fairscale.nn.model_parallel.initialize as fs_init
 
 from .tokenizer import PKG_DIR, Tokenizer, find_tokenizer
-from .attention import ModelArgs, init_model_parallel, no_weight_init
+from .attention import ModelArgs, init_model_parallel, kv_cache_bytes, no_weight_init
 from .model import Transformer, tie_state_dict
 from .checkpoint import (check_model_files, check_parallel_sizes, checkpoint_format, embedding_layout,
                                   load_model_shard, read_model_params)
@@ -23,9 +24,9 @@ from .fast import FastForward
 
 # %% auto #0
 __all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'sample_top_p',
-           'next_token', 'default_device_dtype', 'build_transformer', 'default_checkpoint_dir', 'Llama',
-           'CompletionPrediction', 'Message', 'format_dialog_llama2', 'format_dialog_llama3', 'render_chat_template',
-           'chat_format', 'format_dialog', 'is_unsafe', 'ChatPrediction', 'IncrementalDecoder']
+           'next_token', 'default_device_dtype', 'build_transformer', 'check_cache_fits', 'default_checkpoint_dir',
+           'Llama', 'CompletionPrediction', 'Message', 'format_dialog_llama2', 'format_dialog_llama3',
+           'render_chat_template', 'chat_format', 'format_dialog', 'is_unsafe', 'ChatPrediction', 'IncrementalDecoder']
 
 # %% ../nbs/05_generation.ipynb #5a8ebf3c
 def sample_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
@@ -40,8 +41,9 @@ def sample_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
 
 def next_token(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     "Next token ids (bsz,) from last-position logits (bsz, vocab): greedy at temperature 0, else top-p sampling."
-    if temperature > 0:
-        return sample_top_p(torch.softmax(logits / temperature, dim=-1), top_p).reshape(-1)
+    if temperature > 0:   # shift by the max first: a tiny temperature then sends the others to -inf, never inf - inf
+        scaled = (logits.float() - logits.float().amax(-1, keepdim=True)) / temperature
+        return sample_top_p(torch.softmax(scaled, dim=-1), top_p).reshape(-1)
     return torch.argmax(logits, dim=-1)
 
 # %% ../nbs/05_generation.ipynb #f3e1f9c3
@@ -58,10 +60,21 @@ def build_transformer(args: ModelArgs, state_dict: dict, device=None, dtype=None
     with no_weight_init():                                   # no random numbers for weights about to be replaced
         model = Transformer(args)
     state_dict = tie_state_dict(state_dict, args.tie_word_embeddings)   # a tied model's head is its embedding
+    for k, v in state_dict.items():                               # a diverged training run saves NaNs: refuse them
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"the checkpoint's {k} holds NaN or infinite values; it cannot generate anything")
     model.load_state_dict(state_dict, strict=True, assign=True)   # take the loaded tensors as they are
     model.tie_weights()                                          # one tensor again, before .to() below
     model.freqs_cis = model.freqs_cis.to(device)                 # a plain attribute: .to() below does not move it
     return model.to(device=device, dtype=dtype).eval()
+
+def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4) -> None:
+    "Refuse a KV cache (max_batch_size × max_seq_len) larger than this machine's memory, before allocating it."
+    need = kv_cache_bytes(args, args.max_seq_len, args.max_batch_size, bytes_per_value)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if have and need > have:
+        raise ValueError(f"a KV cache for max_batch_size={args.max_batch_size} × max_seq_len={args.max_seq_len} needs "
+                         f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB; lower --max-seq-len")
 
 # %% ../nbs/05_generation.ipynb #b0f39c43
 @dataclass
@@ -104,6 +117,7 @@ class Llama:
                              f"has {tokenizer.n_words} tokens; use the tokenizer the model was trained with")
         args.vocab_parallel_embedding = embedding_layout(params, ckpt_dir if fmt == "meta" else None)
         check_model_files(ckpt_dir, args)                    # shapes on disk against params, before any allocation
+        check_cache_fits(args)
         mp = init_model_parallel(model_parallel_size)
         check_parallel_sizes(args, mp)
         torch.manual_seed(seed)
@@ -122,10 +136,15 @@ class Llama:
         longest = max(len(t) for t in prompt_tokens)
         if longest > p.max_seq_len:
             raise ValueError(f"a prompt of {longest} tokens is longer than max_seq_len={p.max_seq_len}")
+        if longest == p.max_seq_len and not logprobs:
+            raise ValueError(f"a prompt of {longest} tokens fills max_seq_len={p.max_seq_len}: no room to generate; "
+                             "raise max_seq_len or shorten the prompt")
+        bad = [t for ids in prompt_tokens for t in ids if not (isinstance(t, int) and 0 <= t < p.vocab_size)]
+        if bad: raise ValueError(f"token id {bad[0]!r} is not in the vocabulary (0..{p.vocab_size - 1})")
         if max_gen_len < 1: raise ValueError(f"max_gen_len must be at least 1, got {max_gen_len}")
-        if temperature < 0: raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not temperature >= 0: raise ValueError(f"temperature must be a number >= 0, got {temperature}")   # NaN too
         if not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        device, pad_id = self.model.freqs_cis.device, self.tokenizer.pad_id
+        device, pad_id = self.model.freqs_cis.device, -1           # -1: never a real token, whatever the tokenizer says
         total_len = min(p.max_seq_len, max_gen_len + longest)
         tokens = torch.full((len(prompt_tokens), total_len), pad_id, dtype=torch.long, device=device)
         for k, t in enumerate(prompt_tokens):
@@ -136,7 +155,7 @@ class Llama:
     def _steps(self, r: _Run) -> Iterator[int]:
         "Run the forward passes of `r`, yielding each position after its token is written."
         eos_reached = torch.zeros(r.tokens.shape[0], dtype=torch.bool, device=r.tokens.device)
-        prev_pos, pad_id = 0, self.tokenizer.pad_id
+        prev_pos, pad_id = 0, -1
         stops = torch.tensor(self.tokenizer.stop_tokens, device=r.tokens.device)   # EOS, <|eot_id|>, <|im_end|>, ...
         with torch.inference_mode():
             if r.min_prompt_len == r.total_len and r.token_logprobs is not None:      # nothing to generate: score the prompt
@@ -169,7 +188,7 @@ class Llama:
             if ends:
                 cut = len(prompt_tokens[i]) - start + ends[0]
                 toks, probs = toks[:cut], (probs[:cut] if probs is not None else None)
-            toks = [t for t in toks if t != self.tokenizer.pad_id]
+            toks = [t for t in toks if t != -1]
             out_tokens.append(toks); out_logprobs.append(probs[:len(toks)] if probs is not None else None)
         return out_tokens, (out_logprobs if lps is not None else None)
 

@@ -21,11 +21,14 @@ from .model import Transformer, count_params
 from .checkpoint import save_checkpoint
 
 # %% auto #0
-__all__ = ['split_documents', 'encode_documents', 'get_batch', 'lm_loss', 'unigram_perplexity', 'TrainConfig', 'lr_at',
-           'make_optimizer', 'estimate_loss', 'model_args', 'train', 'sample_text']
+__all__ = ['VAL_EVERY', 'VAL_OFFSET', 'META_PARAMS', 'split_documents', 'encode_documents', 'get_batch', 'lm_loss',
+           'unigram_perplexity', 'TrainConfig', 'lr_at', 'make_optimizer', 'model_args', 'checkpoint_params',
+           'estimate_loss', 'prepare_data', 'train_step', 'save_trained', 'train', 'sample_text']
 
 # %% ../nbs/06_training.ipynb #db8313c9
-def split_documents(names: list[str], every: int = 10, offset: int = 7) -> tuple[list[str], list[str]]:
+VAL_EVERY, VAL_OFFSET = 10, 7          # every 10th work (sorted by name), starting from the 8th, is held out
+
+def split_documents(names: list[str], every: int = VAL_EVERY, offset: int = VAL_OFFSET) -> tuple[list[str], list[str]]:
     "Deterministic document-level split: every `every`-th name (sorted) from `offset` is validation."
     names = sorted(names)
     val = [n for i, n in enumerate(names) if i % every == offset]
@@ -89,7 +92,23 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                              lr=cfg.lr, betas=(0.9, 0.95))
 
-# %% ../nbs/06_training.ipynb #eb06cf65
+# %% ../nbs/06_training.ipynb #c9c06f7a
+def model_args(cfg: TrainConfig, vocab_size: int) -> ModelArgs:
+    "The architecture `cfg` describes (KV cache sized for one sequence: generation only); context_length = cfg.seq_len."
+    return ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                     vocab_size=vocab_size, multiple_of=cfg.multiple_of, norm_eps=1e-5, max_batch_size=1,
+                     max_seq_len=cfg.seq_len, context_length=cfg.seq_len)
+
+META_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+               "norm_eps", "rope_theta")
+
+def checkpoint_params(args: ModelArgs) -> dict:
+    "params.json for `args`: Meta's keys, plus any later field (e.g. context_length) that differs from its default."
+    fields = ModelArgs.__dataclass_fields__
+    return {k: v for k, v in asdict(args).items()
+            if k in META_PARAMS or (k not in ("max_batch_size", "max_seq_len") and v != fields[k].default)}
+
+# %% ../nbs/06_training.ipynb #6cebbecc
 @torch.no_grad()
 def estimate_loss(model: Transformer, data: torch.Tensor, cfg: TrainConfig, seed: int = 0) -> float:
     "Mean loss over cfg.eval_iters fixed random batches of `data` (the same batches at every call)."
@@ -100,22 +119,42 @@ def estimate_loss(model: Transformer, data: torch.Tensor, cfg: TrainConfig, seed
     model.train(was_training)
     return sum(losses) / len(losses)
 
-def model_args(cfg: TrainConfig, vocab_size: int) -> ModelArgs:
-    "The architecture `cfg` describes (KV cache sized for one sequence: generation only)."
-    return ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                     vocab_size=vocab_size, multiple_of=cfg.multiple_of, norm_eps=1e-5, max_batch_size=1,
-                     max_seq_len=cfg.seq_len)
+# %% ../nbs/06_training.ipynb #735d5cf3
+def prepare_data(corpus_dir=None, tokenizer_path=None) -> tuple[Tokenizer, torch.Tensor, torch.Tensor, list[str]]:
+    "(tokenizer, training tokens, validation tokens, held-out document names) for the corpus in `corpus_dir`."
+    tok = Tokenizer(tokenizer_path)
+    docs = load_corpus(corpus_dir)
+    train_names, val_names = split_documents(list(docs))
+    if not val_names:
+        raise ValueError(f"the corpus needs at least {VAL_OFFSET + 1} documents to hold some out for validation; "
+                         f"{corpus_dir} has {len(docs)}")
+    return tok, encode_documents(docs, train_names, tok), encode_documents(docs, val_names, tok), val_names
 
+def train_step(model: Transformer, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
+               grad_clip: float) -> float:
+    "One AdamW step at learning rate `lr` on inputs x and targets y (bsz, seqlen); returns the loss before the step."
+    for group in opt.param_groups: group["lr"] = lr
+    loss = lm_loss(model, x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item()
+
+# %% ../nbs/06_training.ipynb #bba62cb7
+def save_trained(out_dir, args: ModelArgs, model: Transformer, tok: Tokenizer, hist: dict) -> Path:
+    "Write `model` to `out_dir` as a one-shard Meta checkpoint (bfloat16) with its tokenizer and `train_log.json`."
+    sd = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}       # Meta ships bf16
+    return save_checkpoint(out_dir, checkpoint_params(args), sd, 1, tok.model_path,
+                           {"train_log.json": json.dumps(hist, indent=1) + "\n"})
+
+# %% ../nbs/06_training.ipynb #e51eb733
 def train(cfg: TrainConfig = TrainConfig(), corpus_dir=None, out_dir=None, tokenizer_path=None,
           progress: bool = True, sample_prompt: str | None = "ROMEO:") -> dict:
     "Train a LLaMA on the corpus; write a Meta-format checkpoint to `out_dir` (atomically) if given; return the history."
     if cfg.steps < 1: raise ValueError(f"steps must be at least 1, got {cfg.steps}")
     init_model_parallel()
-    tok = Tokenizer(tokenizer_path)
-    docs = load_corpus(corpus_dir)
-    train_names, val_names = split_documents(list(docs))
-    if not val_names: raise ValueError(f"the corpus needs at least {8} documents to hold some out for validation")
-    train_data, val_data = encode_documents(docs, train_names, tok), encode_documents(docs, val_names, tok)
+    tok, train_data, val_data, val_names = prepare_data(corpus_dir, tokenizer_path)
     torch.manual_seed(cfg.seed)
     args = model_args(cfg, tok.n_words)
     model = Transformer(args).train()
@@ -125,25 +164,17 @@ def train(cfg: TrainConfig = TrainConfig(), corpus_dir=None, out_dir=None, token
     t0, tokens_seen = time.perf_counter(), 0
     bar = tqdm(range(cfg.steps), disable=not progress, desc="train", mininterval=1.0)
     for step in bar:
-        for group in opt.param_groups: group["lr"] = lr_at(step, cfg)
         x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, g)
-        loss = lm_loss(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss = train_step(model, opt, x, y, lr_at(step, cfg), cfg.grad_clip)
         tokens_seen += x.numel()
-        hist["step"].append(step); hist["train_loss"].append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}")
+        hist["step"].append(step); hist["train_loss"].append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}")
         if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps:
             hist["val_step"].append(step + 1); hist["val_loss"].append(estimate_loss(model, val_data, cfg))
             if sample_prompt: hist["samples"].append((step + 1, sample_text(model, tok, sample_prompt, 24)))
     hist.update(seconds=time.perf_counter() - t0, tokens=tokens_seen, params=count_params(args), config=asdict(cfg),
                 unigram_val_ppl=unigram_perplexity(train_data, val_data, tok.n_words), val_docs=val_names)
-    if out_dir is not None:
-        params = {k: v for k, v in asdict(args).items() if k not in ("max_batch_size", "max_seq_len")}
-        sd = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}       # Meta ships bf16
-        save_checkpoint(out_dir, params, sd, 1, tok.model_path, {"train_log.json": json.dumps(hist, indent=1) + "\n"})
+    if out_dir is not None: save_trained(out_dir, args, model, tok, hist)
     hist["model"] = model
     return hist
 

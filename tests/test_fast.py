@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class NoStop:
-    eos_id, pad_id = -1, -1
+    eos_id, pad_id, stop_tokens = -1, -1, []
 
 
 @pytest.fixture(scope="module")
