@@ -103,7 +103,7 @@ class Stamps:
 # ---- the contenders: each returns (generated ids (bsz, new_tokens) as a list, Stamps) -----------------------------
 class NoStop:
     "A tokenizer stand-in for Llama: no EOS can stop a random model early, and pad -1 is never generated."
-    eos_id, pad_id = -1, -1
+    eos_id, pad_id, stop_tokens = -1, -1, []
 
 
 def llama_lit_runner(llm: Llama, device):
@@ -212,7 +212,7 @@ def contenders_for(args, model, hf, device, tp: bool) -> dict:
 ABLATION = [("reference path (chapters 03-05)", None),
             ("+ logits of the last position only", dict(sdpa=False, fused_norm=False, plain_linear=False)),
             ("+ F.scaled_dot_product_attention, GQA without copies", dict(fused_norm=False, plain_linear=False)),
-            ("+ fused RMSNorm (F.rms_norm)", dict(plain_linear=False)),
+            ("+ F.rms_norm (one call; not one kernel on CPU)", dict(plain_linear=False)),
             ("+ plain F.linear on one process = fast path", dict())]
 
 

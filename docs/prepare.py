@@ -65,6 +65,7 @@ def process(nb: dict) -> dict:
         tags = []
         if "hide" in d: tags.append("remove-cell")
         if d.get("eval") == ["false"]: tags.append("skip-execution")
+        if d.get("code-fold") == ["true"]: tags.append("hide-input")   # Quarto's folded code: a toggle in myst-nb
         body = re.sub(r"^show_doc\(", "_site_show_doc(", body, flags=re.M)
         cells.append(cell("code", body, tags))
         if "export" in d and "hide" not in d:
@@ -87,6 +88,7 @@ def main(out: Path) -> None:
     for f in ("conf.py",):
         shutil.copy(ROOT / "docs" / f, out / f)
     shutil.copytree(ROOT / "docs" / "_static", out / "_static")
+    if (NBS / "images").is_dir(): shutil.copytree(NBS / "images", out / "images")   # figures the pages link to
 
 
 if __name__ == "__main__":

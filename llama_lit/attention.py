@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import math
 import os
@@ -21,8 +22,8 @@ from fairscale.nn.model_parallel.layers import ColumnParallelLinear, RowParallel
 from .rope import apply_rotary_emb, precompute_freqs_cis
 
 # %% auto #0
-__all__ = ['LLAMA_CONFIGS', 'ModelArgs', 'init_model_parallel', 'causal_mask', 'repeat_kv', 'no_weight_init', 'Attention',
-           'kv_cache_bytes']
+__all__ = ['LLAMA_CONFIGS', 'ModelArgs', 'dist_timeout', 'dist_context', 'init_model_parallel', 'causal_mask', 'repeat_kv',
+           'no_weight_init', 'Attention', 'kv_cache_bytes']
 
 # %% ../nbs/03_attention_kvcache.ipynb #9de8ce20
 @dataclass
@@ -110,13 +111,38 @@ LLAMA_CONFIGS = {
 }
 
 # %% ../nbs/03_attention_kvcache.ipynb #c4c58e9e
+def dist_timeout() -> float:
+    "Seconds a collective waits for a missing rank (LLAMA_LIT_DIST_TIMEOUT, default 300)."
+    raw = os.environ.get("LLAMA_LIT_DIST_TIMEOUT", "300")
+    try: t = float(raw)
+    except ValueError: t = -1
+    if not t > 0: raise ValueError(f"LLAMA_LIT_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    return t
+
+def dist_context() -> str:
+    "Where an error happened, for messages: rank, world size and the process-group timeout."
+    if not dist.is_initialized() or dist.get_world_size() == 1: return ""
+    return (f" (rank {dist.get_rank()} of {dist.get_world_size()}; process-group timeout {dist_timeout():g} s, "
+            "set LLAMA_LIT_DIST_TIMEOUT to change it)")
+
+@contextlib.contextmanager
+def _groups_time_out(seconds: float):
+    "fairscale's model-parallel groups come from dist.new_group, whose default is 30 minutes: give them our timeout."
+    new_group = dist.new_group
+    dist.new_group = lambda *a, **kw: new_group(*a, **{"timeout": datetime.timedelta(seconds=seconds), **kw})
+    try: yield
+    finally: dist.new_group = new_group
+
 def init_model_parallel(model_parallel_size: int | None = None) -> int:
     "Set up torch.distributed and fairscale's model-parallel group if needed; return the model-parallel size."
     if not dist.is_initialized():
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:            # started by torchrun
             use_cuda = torch.cuda.is_available()
             if use_cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            timeout = datetime.timedelta(seconds=dist_timeout())
+            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+            if not use_cuda and dist.get_world_size() > 1:                  # names the ranks that never arrive
+                dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
         else:                                                               # plain python / notebook
             dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     world = dist.get_world_size()
@@ -124,7 +150,7 @@ def init_model_parallel(model_parallel_size: int | None = None) -> int:
         mp = model_parallel_size or world
         if world % mp:
             raise ValueError(f"model_parallel_size={mp} does not divide the world size {world}")
-        with contextlib.redirect_stdout(io.StringIO()):                     # fairscale prints its set-up
+        with contextlib.redirect_stdout(io.StringIO()), _groups_time_out(dist_timeout()):   # fairscale prints its set-up
             fs_init.initialize_model_parallel(mp)
     mp = fs_init.get_model_parallel_world_size()
     if model_parallel_size is not None and model_parallel_size != mp:

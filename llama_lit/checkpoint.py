@@ -25,8 +25,8 @@ __all__ = ['TOKENIZER_FILES', 'split_dim', 'shards_vocab_parallel', 'merge_shard
            'full_shapes', 'load_shard', 'check_output_dir', 'clean_stale_temps', 'atomic_dir', 'copy_tokenizer_files',
            'save_checkpoint', 'embedding_layout', 'reshard', 'hf_config_to_params', 'convert_hf_state_dict',
            'convert_meta_state_dict_to_hf', 'known_context_length', 'params_to_hf_config', 'convert_from_hf',
-           'convert_to_hf', 'convert_from_gguf', 'checkpoint_format', 'read_model_params', 'check_model_files',
-           'load_model_shard']
+           'convert_to_hf', 'convert_from_gguf', 'checkpoint_format', 'open_checkpoint', 'read_model_params',
+           'check_model_files', 'load_model_shard']
 
 # %% ../nbs/08_checkpoints.ipynb #08ae6598
 _SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1,
@@ -455,6 +455,7 @@ def convert_from_gguf(in_file, out_dir, dtype=torch.float32) -> Path:
 # %% ../nbs/08_checkpoints.ipynb #093a1572
 def checkpoint_format(path) -> str:
     "'meta', 'hf' or 'gguf' for a Meta directory, a Hugging Face directory or a GGUF file; a clear error otherwise."
+    if type(path).__name__ == "GGUFReader": return "gguf"           # already opened by `open_checkpoint`
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"checkpoint not found: {p}")
     if p.is_file():
@@ -466,6 +467,15 @@ def checkpoint_format(path) -> str:
     if (p / "params.json").is_file(): return "meta"
     if (p / "config.json").is_file(): return "hf"
     raise FileNotFoundError(f"{p} has neither params.json (Meta) nor config.json (Hugging Face)")
+
+def open_checkpoint(path):
+    "What the loaders below read: the path, or for a GGUF file its reader opened once (parsing the header takes seconds)."
+    if checkpoint_format(path) != "gguf": return Path(path)
+    from llama_lit.gguf import open_gguf
+    reader = open_gguf(path)
+    for k in [k for k in reader.fields if k.startswith("tokenizer.ggml.")]:
+        del reader.fields[k]                                          # ~160 MB of strings; chapter 00 reads its own
+    return reader
 
 def read_model_params(path) -> dict:
     "Meta params.json fields for a checkpoint in any of the three formats."

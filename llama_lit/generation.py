@@ -19,7 +19,7 @@ from .tokenizer import PKG_DIR, Tokenizer, find_tokenizer
 from .attention import ModelArgs, init_model_parallel, kv_cache_bytes, no_weight_init
 from .model import Transformer, tie_state_dict
 from .checkpoint import (check_model_files, check_parallel_sizes, checkpoint_format, embedding_layout,
-                                  load_model_shard, read_model_params)
+                                  load_model_shard, open_checkpoint, read_model_params)
 from .fast import FastForward
 
 # %% auto #0
@@ -105,7 +105,8 @@ class Llama:
         "Load a Meta directory, a Hugging Face directory or a .gguf file (default: the shipped model); the tokenizer is found inside unless given."
         ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint_dir()
         fmt = checkpoint_format(ckpt_dir)
-        params = read_model_params(ckpt_dir)
+        src = open_checkpoint(ckpt_dir)                       # a GGUF file is parsed once, here
+        params = read_model_params(src)
         tok_path = tokenizer_path if tokenizer_path is not None else find_tokenizer(ckpt_dir)
         if tok_path is None:
             raise FileNotFoundError(f"no tokenizer found in {ckpt_dir} (tokenizer.model, tokenizer.json); pass --tokenizer PATH")
@@ -116,13 +117,13 @@ class Llama:
             raise ValueError(f"the model has vocab_size={args.vocab_size} but the tokenizer {tokenizer.model_path} "
                              f"has {tokenizer.n_words} tokens; use the tokenizer the model was trained with")
         args.vocab_parallel_embedding = embedding_layout(params, ckpt_dir if fmt == "meta" else None)
-        check_model_files(ckpt_dir, args)                    # shapes on disk against params, before any allocation
+        check_model_files(src, args)                    # shapes on disk against params, before any allocation
         check_cache_fits(args)
         mp = init_model_parallel(model_parallel_size)
         check_parallel_sizes(args, mp)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        sd = load_model_shard(ckpt_dir, params, fs_init.get_model_parallel_rank(), mp, args.vocab_parallel_embedding)
+        sd = load_model_shard(src, params, fs_init.get_model_parallel_rank(), mp, args.vocab_parallel_embedding)
         model = build_transformer(args, sd, device, dtype)
         model.load_seconds = time.perf_counter() - t0
         return Llama(model, tokenizer, forward=FastForward(model) if fast else None)   # fast=False: the path of ch. 03-05

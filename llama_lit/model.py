@@ -136,8 +136,9 @@ def count_params(args: ModelArgs) -> int:
 
 # %% ../nbs/04_ffn_parallel.ipynb #5878a25a
 def _ffn_sizing(dim: int, intermediate_size: int) -> dict:
-    "multiple_of / ffn_dim_multiplier that make ffn_hidden_dim(dim, ...) == intermediate_size (Meta's values first)."
-    for multiple_of, mult in ((256, None), (4096, 1.3), (1024, 1.3), (256, 1.5), (256, 1.0), (256, 1.3),
+    "multiple_of / ffn_dim_multiplier that make ffn_hidden_dim(dim, ...) == intermediate_size (Meta's values for this dim first)."
+    meta = [(c["multiple_of"], c.get("ffn_dim_multiplier")) for c in LLAMA_CONFIGS.values() if c["dim"] == dim]
+    for multiple_of, mult in (*meta, (256, None), (4096, 1.3), (1024, 1.3), (256, 1.5), (256, 1.0), (256, 1.3),
                               (intermediate_size, None)):
         if ffn_hidden_dim(dim, multiple_of, mult) == intermediate_size:
             return dict(multiple_of=multiple_of, ffn_dim_multiplier=mult)

@@ -227,3 +227,12 @@ def test_api_message_without_role(ckpt):
     llm = Llama.build(ckpt, max_seq_len=32, max_batch_size=1)
     with pytest.raises(ValueError, match="must be a dict with a str 'role'"):
         llm.chat_completion([[{"content": "hi"}]])
+
+
+def test_stalled_rank_times_out_and_says_where(ckpt):
+    from conftest import HERE, torchrun
+    t0 = time.monotonic()
+    r = torchrun([HERE / "stall_check.py", ckpt], nproc=2, timeout=170, env={**os.environ, "LLAMA_LIT_DIST_TIMEOUT": "5"})
+    assert r.returncode != 0
+    assert "rank 0 gave up" in r.stdout and "rank 0 of 2; process-group timeout 5 s" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert time.monotonic() - t0 < 170
