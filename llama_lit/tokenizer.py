@@ -53,7 +53,10 @@ def load_corpus(corpus_dir=None) -> dict[str, str]:
     if not d.is_dir(): raise FileNotFoundError(f"corpus directory not found: {d}")
     files = sorted(d.glob("*.txt"))
     if not files: raise FileNotFoundError(f"no .txt files in corpus directory {d}")
-    return {f.stem: strip_gutenberg(f.read_text(encoding="utf-8")) for f in files}
+    def read(f):
+        try: return f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e: raise ValueError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start}); convert it") from None
+    return {f.stem: strip_gutenberg(read(f)) for f in files}
 
 # %% ../nbs/00_tokenizer.ipynb #cbca5c41
 _ASCII = "".join(chr(c) for c in range(33, 127))

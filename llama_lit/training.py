@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from .tokenizer import Tokenizer, load_corpus
 from .attention import ModelArgs, init_model_parallel
 from .model import Transformer, count_params
-from .checkpoint import save_checkpoint
+from .checkpoint import check_output_dir, save_checkpoint
 
 # %% auto #0
 __all__ = ['VAL_EVERY', 'VAL_OFFSET', 'META_PARAMS', 'split_documents', 'encode_documents', 'get_batch', 'lm_loss',
@@ -78,6 +79,18 @@ class TrainConfig:
     eval_interval: int = 100
     eval_iters: int = 8
     seed: int = 1337
+
+    def __post_init__(self):
+        for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "seq_len", "batch_size", "steps",
+                  "eval_interval", "eval_iters"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0): raise ValueError(f"warmup must be >= 0, got {self.warmup!r}")
+        for k, lo in (("lr", 0.0), ("grad_clip", 0.0)):
+            if not (math.isfinite(getattr(self, k)) and getattr(self, k) > lo): raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
+        for k in ("min_lr", "weight_decay"):
+            if not (math.isfinite(getattr(self, k)) and getattr(self, k) >= 0): raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if not 0 <= self.seed < 2**63: raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     "Learning rate at `step`: linear warm-up, then cosine decay to min_lr at cfg.steps."
@@ -152,7 +165,7 @@ def save_trained(out_dir, args: ModelArgs, model: Transformer, tok: Tokenizer, h
 def train(cfg: TrainConfig = TrainConfig(), corpus_dir=None, out_dir=None, tokenizer_path=None,
           progress: bool = True, sample_prompt: str | None = "ROMEO:") -> dict:
     "Train a LLaMA on the corpus; write a Meta-format checkpoint to `out_dir` (atomically) if given; return the history."
-    if cfg.steps < 1: raise ValueError(f"steps must be at least 1, got {cfg.steps}")
+    if out_dir is not None: check_output_dir(out_dir)               # before the work, not after: a run is never lost
     init_model_parallel()
     tok, train_data, val_data, val_names = prepare_data(corpus_dir, tokenizer_path)
     torch.manual_seed(cfg.seed)
@@ -162,13 +175,17 @@ def train(cfg: TrainConfig = TrainConfig(), corpus_dir=None, out_dir=None, token
     g = torch.Generator().manual_seed(cfg.seed)
     hist = {"step": [], "train_loss": [], "val_step": [], "val_loss": [], "samples": []}
     t0, tokens_seen = time.perf_counter(), 0
-    bar = tqdm(range(cfg.steps), disable=not progress, desc="train", mininterval=1.0)
+    interactive = sys.stderr.isatty()                               # off a terminal (CI, nohup, a pipe): a line every 30 s
+    bar = tqdm(range(cfg.steps), disable=not progress, desc="train", mininterval=1.0 if interactive else 30.0)
     for step in bar:
         x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, g)
         loss = train_step(model, opt, x, y, lr_at(step, cfg), cfg.grad_clip)
+        if not math.isfinite(loss):                                  # diverged: stop, and write nothing
+            raise ValueError(f"training diverged at step {step}: the loss is {loss}; nothing was written. Lower the "
+                             f"learning rate (--lr {cfg.lr:g}) or raise --warmup ({cfg.warmup})")
         tokens_seen += x.numel()
         hist["step"].append(step); hist["train_loss"].append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}")
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}", refresh=False)
         if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps:
             hist["val_step"].append(step + 1); hist["val_loss"].append(estimate_loss(model, val_data, cfg))
             if sample_prompt: hist["samples"].append((step + 1, sample_text(model, tok, sample_prompt, 24)))

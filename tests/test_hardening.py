@@ -236,3 +236,26 @@ def test_stalled_rank_times_out_and_says_where(ckpt):
     assert r.returncode != 0
     assert "rank 0 gave up" in r.stdout and "rank 0 of 2; process-group timeout 5 s" in r.stdout, r.stdout + r.stderr[-2000:]
     assert time.monotonic() - t0 < 170
+
+
+TINY_TRAIN = ["--steps", "20", "--dim", "32", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "1", "--multiple-of",
+              "32", "--seq-len", "32", "--batch-size", "2", "--eval-interval", "20", "--eval-iters", "1"]
+
+
+def test_diverged_training_stops_and_writes_nothing(tmp_path):
+    r = cli(*args("train", "--out", tmp_path / "ck", *TINY_TRAIN, "--lr", "1e6", "--warmup", "1"), text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("llama_lit: error: training diverged at step")
+    assert not (tmp_path / "ck").exists() and not list(tmp_path.glob(".ck*"))
+
+
+@pytest.mark.parametrize("flag,value", [("--eval-iters", "0"), ("--batch-size", "0"), ("--seq-len", "0"),
+                                        ("--eval-interval", "0"), ("--lr", "nan")])
+def test_bad_train_settings_one_line(tmp_path, flag, value):
+    one_line_error(cli(*args("train", "--out", tmp_path / "ck", flag, value), text=True), flag.lstrip("-").replace("-", "_"))
+
+
+def test_corpus_not_utf8_names_the_file(tmp_path):
+    corpus = tmp_path / "corpus"; corpus.mkdir()
+    for i in range(8): (corpus / f"d{i}.txt").write_text("To be, or not to be. " * 50)
+    (corpus / "d3.txt").write_bytes(b"caf\xe9\n" * 10)
+    one_line_error(cli(*args("train", "--corpus", corpus, "--out", tmp_path / "ck", *TINY_TRAIN), text=True), "d3.txt is not UTF-8")
