@@ -273,7 +273,7 @@ def reshard(in_dir, out_dir, mp: int) -> Path:
     out_params = {**params, "vocab_parallel_embedding": True} if vp and not embedding_layout(params) else params
     return save_checkpoint(out_dir, out_params, full, mp, tokenizer_dir=in_dir)
 
-# %% ../nbs/08_checkpoints.ipynb #82a58617
+# %% ../nbs/08_checkpoints.ipynb #e3b6c859
 _HF_LAYER = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
              "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
              "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm"}
@@ -315,6 +315,7 @@ def hf_config_to_params(cfg: dict) -> dict:
     if cfg.get("max_position_embeddings"): params["context_length"] = int(cfg["max_position_embeddings"])
     return params
 
+# %% ../nbs/08_checkpoints.ipynb #ebd728ba
 def convert_hf_state_dict(hf_sd: dict, params: dict) -> dict:
     "Meta-named state dict from a LlamaForCausalLM state dict: renamed keys, q/k rows permuted back to interleaved RoPE."
     n_heads, n_kv = params["n_heads"], params.get("n_kv_heads") or params["n_heads"]
@@ -352,6 +353,7 @@ def convert_meta_state_dict_to_hf(sd: dict, params: dict) -> dict:
             out[f"model.layers.{i}.{inv[name]}.weight"] = v
     return out
 
+# %% ../nbs/08_checkpoints.ipynb #85feb8cf
 _CONTEXT = {"llama1": 2048, "llama2": 4096, "llama3-": 8192, "llama3.1": 131072, "llama3.2": 131072}
 
 def known_context_length(params: dict) -> int | None:
@@ -383,7 +385,7 @@ def params_to_hf_config(params: dict, bos_id: int | None = None, eos_id: int | l
                 rope_scaling=rope if args.use_scaled_rope else None, max_position_embeddings=context,
                 bos_token_id=bos_id, eos_token_id=eos_id, attention_bias=False, mlp_bias=False)
 
-# %% ../nbs/08_checkpoints.ipynb #b3a84272
+# %% ../nbs/08_checkpoints.ipynb #b37b5002
 def _hf_weight_files(in_dir: Path) -> list[Path]:
     index = in_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -404,6 +406,7 @@ def _load_hf_state_dict(in_dir: Path) -> dict:
         except Exception as e: raise ValueError(f"cannot read {f} (corrupt or truncated safetensors?): {e}") from None
     return sd
 
+# %% ../nbs/08_checkpoints.ipynb #2a3682de
 def _hf_tokenizer_ids(tok) -> tuple:
     "bos and eos (a list when the model has several stop tokens) for config.json."
     if tok is None: return None, None
