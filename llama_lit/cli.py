@@ -19,7 +19,7 @@ import fairscale.nn.model_parallel.initialize as fs_init
 from .tokenizer import Tokenizer
 from .attention import LLAMA_CONFIGS, ModelArgs, kv_cache_bytes
 from .model import Transformer, count_params, ffn_hidden_dim
-from .generation import Llama, format_dialog, is_unsafe, chat_format, UNSAFE_ERROR
+from .generation import Llama, check_sampling, format_dialog, is_unsafe, chat_format, UNSAFE_ERROR
 from .checkpoint import check_output_dir, convert_from_gguf, convert_from_hf, convert_to_hf, reshard
 from .training import TrainConfig, train
 
@@ -92,11 +92,17 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--max-gen-len", type=int, default=64, help="maximum number of tokens to generate per reply")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold, in (0, 1]")
+    p.add_argument("--top-k", type=int, default=0, help="sample only among the k most likely tokens; 0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide the positive logits (multiply the negative) of tokens already in the text by this; "
+                        "1.0 = off, 1.2-1.3 stops greedy loops")
     p.add_argument("--seed", type=int, default=1, help="random seed (the same on every rank)")
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="llama_lit", description="llama_lit: a literate LLaMA you can run.")
+    p = argparse.ArgumentParser(prog="llama_lit", description="llama_lit: a literate LLaMA you can run. generate and chat "
+                                "sample with --temperature (0 = greedy) and --top-p, and optionally --top-k and "
+                                "--repetition-penalty.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="complete one or more prompts", formatter_class=fmt)
     g.add_argument("prompts", nargs="+", help="prompt texts (each one quoted)")
@@ -142,16 +148,20 @@ def _build(a, max_batch_size: int) -> Llama:
     ckpt = a.ckpt_dir if a.ckpt_dir is not None else MODELS[a.model]()
     return Llama.build(ckpt, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed)
 
+def _sampling(a) -> dict:
+    "The optional sampling flags, as keyword arguments of Llama's methods."
+    return dict(top_k=a.top_k, repetition_penalty=a.repetition_penalty)
+
 def cmd_generate(a) -> int:
     if a.stream and len(a.prompts) != 1: raise ValueError("--stream takes exactly one prompt")
     a.prompts = [utf8_text(x, f"prompt {k + 1}") for k, x in enumerate(a.prompts)]
     llm = _build(a, max_batch_size=len(a.prompts))
     if a.stream:
         _say(a.prompts[0], end="")
-        for piece in llm.stream(a.prompts[0], a.max_gen_len, a.temperature, a.top_p): _say(piece, end="")
+        for piece in llm.stream(a.prompts[0], a.max_gen_len, a.temperature, a.top_p, **_sampling(a)): _say(piece, end="")
         _say()
         return 0
-    for prompt, res in zip(a.prompts, llm.text_completion(a.prompts, a.temperature, a.top_p, a.max_gen_len)):
+    for prompt, res in zip(a.prompts, llm.text_completion(a.prompts, a.temperature, a.top_p, a.max_gen_len, **_sampling(a))):
         _say(prompt + res["generation"])
         _say("=" * 40)
     return 0
@@ -187,7 +197,7 @@ def cmd_chat(a) -> int:
         try: dialog = fit_dialog(dialog + [message], llm.tokenizer, budget)
         except ValueError as e:
             _say(f"llama_lit: {e}"); continue
-        reply = llm.chat_completion([dialog], a.temperature, a.top_p, a.max_gen_len)[0]["generation"]
+        reply = llm.chat_completion([dialog], a.temperature, a.top_p, a.max_gen_len, **_sampling(a))[0]["generation"]
         _say(f"assistant: {reply['content'].strip()}")
         dialog.append(reply)
     return 0
@@ -219,6 +229,7 @@ def _check_common(a) -> None:
     if getattr(a, "seed", None) is not None and not 0 <= a.seed < 2**63:
         raise ValueError(f"--seed must be between 0 and 2**63 - 1, got {a.seed}")
     if getattr(a, "max_seq_len", 1) < 1: raise ValueError(f"--max-seq-len must be at least 1, got {a.max_seq_len}")
+    if hasattr(a, "top_k"): check_sampling(a.top_k, a.repetition_penalty)   # before the model is loaded
 
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)                              # unwinds: half-written outputs are removed on the way

