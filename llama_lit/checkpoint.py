@@ -95,8 +95,12 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple]:
 
 def check_state_dict(shapes: dict, args: ModelArgs, source="the checkpoint") -> None:
     "Raise ValueError naming the first tensor that is missing, unexpected or of the wrong shape for `args`."
-    want = expected_shapes(args)
     got = {k: tuple(getattr(v, "shape", v)) for k, v in shapes.items() if k != "rope.freqs"}
+    found = 1 + max((int(k.split(".")[1]) for k in got if k.startswith("layers.") and k.split(".")[1].isdigit()), default=-1)
+    if args.n_layers > found:                                        # before building a table of n_layers entries
+        raise ValueError(f"{source} has no tensor layers.{found}.attention.wq.weight: the config says n_layers="
+                         f"{args.n_layers}, the weights have {found} layers; the config does not match the weights")
+    want = expected_shapes(args)
     for k, shape in want.items():
         if k not in got:
             if k == "output.weight" and args.tie_word_embeddings: continue

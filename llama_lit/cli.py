@@ -17,7 +17,7 @@ import torch.distributed as dist
 import fairscale.nn.model_parallel.initialize as fs_init
 
 from .tokenizer import Tokenizer
-from .attention import LLAMA_CONFIGS, ModelArgs, kv_cache_bytes
+from .attention import LLAMA_CONFIGS, ModelArgs, dist_context, kv_cache_bytes
 from .model import Transformer, count_params, ffn_hidden_dim
 from .generation import Llama, check_sampling, format_dialog, is_unsafe, chat_format, UNSAFE_ERROR
 from .checkpoint import check_output_dir, convert_from_gguf, convert_from_hf, convert_to_hf, reshard
@@ -88,7 +88,8 @@ def _model_args(p: argparse.ArgumentParser):
                         "a Hugging Face directory (config.json, *.safetensors) or a .gguf file")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer file (SentencePiece or tiktoken .model, tokenizer.json, .gguf); default: the one in the checkpoint")
-    p.add_argument("--max-seq-len", type=int, default=512, help="context length to allocate the KV cache for")
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="context length to allocate the KV cache for (default: the model's trained context, at most 512)")
     p.add_argument("--max-gen-len", type=int, default=64, help="maximum number of tokens to generate per reply")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold, in (0, 1]")
@@ -184,8 +185,8 @@ def fit_dialog(dialog: list, tokenizer, budget: int) -> list:
 
 def cmd_chat(a) -> int:
     llm = _build(a, max_batch_size=1)
-    budget = a.max_seq_len - a.max_gen_len
-    if budget < 8: raise ValueError(f"--max-seq-len {a.max_seq_len} leaves no room for a prompt after --max-gen-len {a.max_gen_len}")
+    budget = llm.model.params.max_seq_len - a.max_gen_len
+    if budget < 8: raise ValueError(f"--max-seq-len {llm.model.params.max_seq_len} leaves no room for a prompt after --max-gen-len {a.max_gen_len}")
     dialog = [{"role": "system", "content": utf8_text(a.system, "--system")}] if a.system else []
     if is_unsafe(dialog, llm.tokenizer): raise ValueError("--system contains the chat format's own markup; remove it")
     _say(f"(chat format: {chat_format(llm.tokenizer)}; one message per line; end of input quits)")
@@ -228,7 +229,7 @@ def _check_common(a) -> None:
     "Bad values shared by several commands, refused before anything is loaded."
     if getattr(a, "seed", None) is not None and not 0 <= a.seed < 2**63:
         raise ValueError(f"--seed must be between 0 and 2**63 - 1, got {a.seed}")
-    if getattr(a, "max_seq_len", 1) < 1: raise ValueError(f"--max-seq-len must be at least 1, got {a.max_seq_len}")
+    if getattr(a, "max_seq_len", None) is not None and a.max_seq_len < 1: raise ValueError(f"--max-seq-len must be at least 1, got {a.max_seq_len}")
     if hasattr(a, "top_k"): check_sampling(a.top_k, a.repetition_penalty)   # before the model is loaded
 
 def _terminate(signum, frame):
@@ -248,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of `llama_lit` and `python -m llama_lit`: every failure is one line on stderr and a non-zero status."
     parser = _parser()
     a = parser.parse_args(argv)
-    if threading_main := (signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)):
+    if own_sigterm := (signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)):
         try: signal.signal(signal.SIGTERM, _terminate)
-        except ValueError: threading_main = False                 # not the main thread
+        except ValueError: own_sigterm = False                 # not the main thread
     try:
         _check_common(a)
         return _run(parser, a)
@@ -262,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llama_lit: terminated by signal {e.code - 128}", file=sys.stderr, flush=True)
         raise
     except (OSError, ValueError, TypeError, RuntimeError) as e:    # OSError: missing files, permissions, a full disk
-        if _rank0(): print(f"llama_lit: error: {e}", file=sys.stderr, flush=True)   # once, not once per rank
+        if _rank0(): print(f"llama_lit: error: {e}{dist_context()}", file=sys.stderr, flush=True)   # once, not once per rank
         return 1
     finally:
-        if threading_main: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if own_sigterm: signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if "RANK" in os.environ and dist.is_initialized():       # torchrun: leave cleanly (NCCL warns otherwise)
             fs_init.destroy_model_parallel(); dist.destroy_process_group()

@@ -134,7 +134,7 @@ class Llama:
         self.forward = model if forward is None else forward   # what the loop calls; chapter 07: FastForward(model)
 
 # %% ../nbs/05_generation.ipynb #e75507d0
-def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int = 512, max_batch_size: int = 4,
+def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, max_batch_size: int = 4,
           model_parallel_size: int | None = None, seed: int = 1, device=None, dtype=None,
           fast: bool = True) -> "Llama":
     "Load a Meta directory, a Hugging Face directory or a .gguf file (default: the shipped model); the tokenizer is found inside unless given."
@@ -146,6 +146,8 @@ def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int = 512, max_batch
     if tok_path is None:
         raise FileNotFoundError(f"no tokenizer found in {ckpt_dir} (tokenizer.model, tokenizer.json); pass --tokenizer PATH")
     tokenizer = Tokenizer(tok_path)
+    if max_seq_len is None:                              # the trained context, capped: a CPU-sized KV cache
+        max_seq_len = min(512, int(params.get("context_length") or 512))
     args = ModelArgs.from_params(params, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
     if args.vocab_size <= 0: args.vocab_size = tokenizer.n_words
     if tokenizer.n_words > args.vocab_size:
