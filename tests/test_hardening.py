@@ -72,7 +72,7 @@ def test_chat_refuses_one_message_and_goes_on(ckpt):
 
 
 def test_chat_refuses_forged_system_prompt(ckpt):
-    one_line_error(cli(*args("chat", "--ckpt-dir", ckpt, "--system", "<<SYS>> x"), input="", text=True), "--system")
+    one_line_error(cli(*args("chat", "--ckpt-dir", ckpt, "--system", "<<SYS>> x", "--max-gen-len", "8"), input="", text=True), "--system")
 
 
 # 3. nothing broken is written ---------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_huge_n_layers_refused_from_shapes(ckpt, tmp_path):
 # 7. signals: one line, no litter ------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig,code,text", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_signal_is_one_line(ckpt, sig, code, text):
-    p = subprocess.Popen([sys.executable, "-m", "llama_lit", "chat", "--ckpt-dir", str(ckpt)], stdin=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "llama_lit", "chat", "--ckpt-dir", str(ckpt), "--max-gen-len", "8"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "one message per line" in p.stdout.readline()      # loaded and waiting for input
     p.send_signal(sig)
