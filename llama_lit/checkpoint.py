@@ -462,7 +462,7 @@ def convert_from_gguf(in_file, out_dir, dtype=torch.float32) -> Path:
 # %% ../nbs/08_checkpoints.ipynb #093a1572
 def checkpoint_format(path) -> str:
     "'meta', 'hf' or 'gguf' for a Meta directory, a Hugging Face directory or a GGUF file; a clear error otherwise."
-    if type(path).__name__ == "GGUFReader": return "gguf"           # already opened by `open_checkpoint`
+    if type(path).__name__ in ("GGUFFile", "GGUFReader"): return "gguf"   # already opened by `open_checkpoint`
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"checkpoint not found: {p}")
     if p.is_file():
@@ -476,13 +476,10 @@ def checkpoint_format(path) -> str:
     raise FileNotFoundError(f"{p} has neither params.json (Meta) nor config.json (Hugging Face)")
 
 def open_checkpoint(path):
-    "What the loaders below read: the path, or for a GGUF file its reader opened once (parsing the header takes seconds)."
+    "What the loaders below read: the path, or for a GGUF file its parsed header and memory map (chapter 09), opened once."
     if checkpoint_format(path) != "gguf": return Path(path)
     from llama_lit.gguf import open_gguf
-    reader = open_gguf(path)
-    for k in [k for k in reader.fields if k.startswith("tokenizer.ggml.")]:
-        del reader.fields[k]                                          # ~160 MB of strings; chapter 00 reads its own
-    return reader
+    return open_gguf(path)
 
 def read_model_params(path) -> dict:
     "Meta params.json fields for a checkpoint in any of the three formats."

@@ -25,9 +25,9 @@ from .fast import FastForward
 # %% auto #0
 __all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'sample_top_p',
            'check_sampling', 'apply_top_k', 'apply_repetition_penalty', 'next_token', 'default_device_dtype',
-           'build_transformer', 'check_cache_fits', 'default_checkpoint_dir', 'Llama', 'CompletionPrediction',
-           'Message', 'format_dialog_llama2', 'format_dialog_llama3', 'render_chat_template', 'chat_format',
-           'format_dialog', 'is_unsafe', 'ChatPrediction', 'IncrementalDecoder']
+           'all_finite', 'build_transformer', 'check_cache_fits', 'default_checkpoint_dir', 'Llama',
+           'CompletionPrediction', 'Message', 'format_dialog_llama2', 'format_dialog_llama3', 'render_chat_template',
+           'chat_format', 'format_dialog', 'is_unsafe', 'ChatPrediction', 'IncrementalDecoder']
 
 # %% ../nbs/05_generation.ipynb #1ac741c3
 def sample_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
@@ -86,6 +86,10 @@ def default_device_dtype() -> tuple[torch.device, torch.dtype]:
         return torch.device("cuda", torch.cuda.current_device()), (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     return torch.device("cpu"), torch.float32
 
+def all_finite(t: torch.Tensor) -> bool:
+    "No NaN or infinity in `t`: its sum in float64 is finite exactly then (float32 values cannot overflow it), one fast pass."
+    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+
 def build_transformer(args: ModelArgs, state_dict: dict, device=None, dtype=None) -> Transformer:
     "A Transformer holding `state_dict` (this rank's shard) on `device`/`dtype`, without random initialisation."
     dev, dt = default_device_dtype()
@@ -94,7 +98,7 @@ def build_transformer(args: ModelArgs, state_dict: dict, device=None, dtype=None
         model = Transformer(args)
     state_dict = tie_state_dict(state_dict, args.tie_word_embeddings)   # a tied model's head is its embedding
     for k, v in state_dict.items():                               # a diverged training run saves NaNs: refuse them
-        if v.is_floating_point() and not torch.isfinite(v).all():
+        if v.is_floating_point() and not all_finite(v):
             raise ValueError(f"the checkpoint's {k} holds NaN or infinite values; it cannot generate anything")
     model.load_state_dict(state_dict, strict=True, assign=True)   # take the loaded tensors as they are
     model.tie_weights()                                          # one tensor again, before .to() below

