@@ -2,7 +2,8 @@
 
 nbdev renders docs through Quarto, which cannot be installed everywhere; this step gives the same reading of the
 notebooks to Sphinx: `#| hide` cells run but are not shown, `#| eval: false` cells are shown but not run, directive
-lines (`#| export`, ...) are removed from what is shown, the cell that re-exports the package is dropped, and
+lines (`#| export`, ...) are removed from what is shown, `#| slow` cells are shown but not run (as `nbdev_test`
+without `--flags slow`), the cell that re-exports the package is dropped, and
 after each `#| export` cell a `show_doc` cell (its input hidden) documents every public function and class the
 cell defines. Usage: python docs/prepare.py OUT_DIR"""
 import ast
@@ -64,7 +65,7 @@ def process(nb: dict) -> dict:
         if not body or "nbdev.nbdev_export()" in body: continue
         tags = []
         if "hide" in d: tags.append("remove-cell")
-        if d.get("eval") == ["false"]: tags.append("skip-execution")
+        if d.get("eval") == ["false"] or "slow" in d: tags.append("skip-execution")   # slow: as nbdev_test, not run
         if d.get("code-fold") == ["true"]: tags.append("hide-input")   # Quarto's folded code: a toggle in myst-nb
         body = re.sub(r"^show_doc\(", "_site_show_doc(", body, flags=re.M)
         cells.append(cell("code", body, tags))

@@ -98,6 +98,9 @@ def _model_args(p: argparse.ArgumentParser):
                    help="divide the positive logits (multiply the negative) of tokens already in the text by this; "
                         "1.0 = off, 1.2-1.3 stops greedy loops")
     p.add_argument("--seed", type=int, default=1, help="random seed (the same on every rank)")
+    p.add_argument("--quant", choices=["int8", "int4", "gguf"], default=None,
+                   help="weight-only quantization on the CPU (chapter 10): int8 per channel, int4 in groups of 32, or "
+                        "gguf: a GGUF file's own Q4_1/Q4_0/Q8_0 blocks kept as they are")
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -147,7 +150,8 @@ def utf8_text(s: str, what: str) -> str:
 
 def _build(a, max_batch_size: int) -> Llama:
     ckpt = a.ckpt_dir if a.ckpt_dir is not None else MODELS[a.model]()
-    return Llama.build(ckpt, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed)
+    return Llama.build(ckpt, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed,
+                       quant=a.quant)
 
 def _sampling(a) -> dict:
     "The optional sampling flags, as keyword arguments of Llama's methods."

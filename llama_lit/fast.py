@@ -67,11 +67,12 @@ class FastForward:
         self.plain_linear = plain_linear and fs_init.get_model_parallel_world_size() == 1
         self.caches = [head_major_cache(layer.attention) for layer in model.layers]
         self.cos, self.sin = rope_tables(model.freqs_cis)
-        mode = "reduce-overhead" if model.output.weight.is_cuda else "default"   # on CUDA: replay as a CUDA graph
+        mode = "reduce-overhead" if model.norm.weight.is_cuda else "default"   # on CUDA: replay as a CUDA graph
         self.decode = torch.compile(self._decode_static, dynamic=False, mode=mode) if compile else None
 
     def _linear(self, layer, x):
         "fairscale's parallel linear; on one process just the matmul, without fairscale's autograd.Function around it."
+        if hasattr(layer, "qlinear"): return layer.qlinear(x)     # chapter 10: a quantized matrix
         return F.linear(x, layer.weight) if self.plain_linear else layer(x)
 
     def _norm(self, norm, x):

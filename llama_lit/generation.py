@@ -21,11 +21,12 @@ from .model import Transformer, tie_state_dict
 from .checkpoint import (check_model_files, check_parallel_sizes, checkpoint_format, embedding_layout,
                                   load_model_shard, open_checkpoint, read_model_params)
 from .fast import FastForward
+from .quant import load_gguf_quantized, quantize_model, quantized_transformer
 
 # %% auto #0
 __all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'sample_top_p',
            'check_sampling', 'apply_top_k', 'apply_repetition_penalty', 'next_token', 'default_device_dtype',
-           'all_finite', 'build_transformer', 'check_cache_fits', 'default_checkpoint_dir', 'Llama',
+           'all_finite', 'build_transformer', 'check_cache_fits', 'check_quant', 'default_checkpoint_dir', 'Llama',
            'CompletionPrediction', 'Message', 'format_dialog_llama2', 'format_dialog_llama3', 'render_chat_template',
            'chat_format', 'format_dialog', 'is_unsafe', 'ChatPrediction', 'IncrementalDecoder']
 
@@ -113,6 +114,14 @@ def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4) -> None:
         raise ValueError(f"a KV cache for max_batch_size={args.max_batch_size} × max_seq_len={args.max_seq_len} needs "
                          f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB; lower --max-seq-len")
 
+def check_quant(quant: str, fmt: str, mp: int, device=None) -> None:
+    "Weight-only quantization (chapter 10) runs torch's CPU kernels on one process; 'gguf' needs a GGUF file."
+    if mp > 1: raise ValueError(f"quant={quant!r} runs on one process; this run has {mp} model-parallel processes")
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"quant={quant!r} uses torch's CPU kernels; got device {device}")
+    if quant == "gguf" and fmt != "gguf":
+        raise ValueError("quant='gguf' keeps a GGUF file's own quantized blocks; for this checkpoint use 'int8' or 'int4'")
+
 # %% ../nbs/05_generation.ipynb #fc8056cb
 @dataclass
 class _Run:
@@ -140,9 +149,11 @@ class Llama:
 # %% ../nbs/05_generation.ipynb #e75507d0
 def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, max_batch_size: int = 4,
           model_parallel_size: int | None = None, seed: int = 1, device=None, dtype=None,
-          fast: bool = True) -> "Llama":
+          fast: bool = True, quant: str | None = None) -> "Llama":
     "Load a Meta directory, a Hugging Face directory or a .gguf file (default: the shipped model); the tokenizer is found inside unless given."
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint_dir()
+    if quant not in (None, "int8", "int4", "gguf"):
+        raise ValueError(f"quant must be None, 'int8', 'int4' or 'gguf' (a GGUF file's own blocks), got {quant!r}")
     fmt = checkpoint_format(ckpt_dir)
     src = open_checkpoint(ckpt_dir)                       # a GGUF file is parsed once, here
     params = read_model_params(src)
@@ -164,8 +175,14 @@ def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, m
     check_parallel_sizes(args, mp)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    sd = load_model_shard(src, params, fs_init.get_model_parallel_rank(), mp, args.vocab_parallel_embedding)
-    model = build_transformer(args, sd, device, dtype)
+    if quant is not None: check_quant(quant, fmt, mp, device)
+    if quant == "gguf":                                    # the file's Q4_1/Q4_0/Q8_0 blocks in torch's kernels (ch. 10)
+        _, sd, qlayers = load_gguf_quantized(src)
+        model = quantized_transformer(args, sd, qlayers, dtype or torch.float32)
+    else:
+        sd = load_model_shard(src, params, fs_init.get_model_parallel_rank(), mp, args.vocab_parallel_embedding)
+        model = build_transformer(args, sd, device, dtype)
+        if quant is not None: quantize_model(model, quant, head="int8" if quant == "int4" else None)
     model.load_seconds = time.perf_counter() - t0
     return Llama(model, tokenizer, forward=FastForward(model) if fast else None)   # fast=False: the path of ch. 03-05
 

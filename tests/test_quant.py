@@ -1,0 +1,371 @@
+"""Quantization (chapter 10): every quantized path against its own dequantized float weights (tight tolerances, no
+timings); int4 = GGUF's Q4_1 and our Q8_0 = llama.cpp's, byte for byte; GGUF Q4_1/Q4_0/Q8_0/F16/BF16/F32 tensors
+repacked for torch's kernels give exactly gguf.quants.dequantize's weights (synthetic blocks and real SmolLM2
+tensors); quantize_model end to end on a tiny random model (reference path and FastForward with the proposed
+one-line hook); bad input -> ValueError."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType as QT, GGUFWriter
+from gguf.quants import dequantize, quantize
+
+from llama_lit.attention import ModelArgs, init_model_parallel
+from llama_lit.fast import FastForward
+from llama_lit.generation import build_transformer
+from llama_lit.gguf import load_gguf, open_gguf, smollm2_path, torch_shape
+from llama_lit.model import Transformer
+from llama_lit.tokenizer import Tokenizer
+from llama_lit.quant import (QuantLinear, attach_qlinear, bits_per_weight, cpu_has_bf16, dequantize_int4,
+                             dequantize_int8, gguf_qlinear, int4_scales_and_zeros, load_gguf_quantized, matmul_shapes,
+                             pack_int4, q4_0_blocks_to_int4pack, q4_1_blocks, q4_1_blocks_to_int4pack, q4_1_bytes,
+                             q8_0_blocks_to_int8, q8_0_bytes,
+                             q8_0_to_int4pack, quant_linears, quantize_int4, quantize_int8, quantize_model,
+                             quantize_q8_0, quantized_transformer, unpack_int4)
+
+torch.set_num_threads(1)
+
+
+def kernel_weights(packed, table, out_f, in_f, group_size=32):
+    "The float32 weights (out, in) torch's int4 kernel multiplies by: an identity input returns them."
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(torch.eye(in_f), packed, group_size, table.float()).T[:out_f]
+
+
+# ---------------------------------------------------------------- kernels against dequantized weights
+
+@pytest.mark.parametrize("quant", ["int8", "int4", "q8_0", "bf16", "f16", "f32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantlinear_matches_its_dequantized_weight(quant, dtype):
+    torch.manual_seed(0)
+    w, x = torch.randn(112, 192) * 0.02, torch.randn(3, 5, 192)      # 112 rows: padded to 128 for int4
+    ql = QuantLinear.from_float(w, quant, dtype=dtype)
+    y = ql(x)
+    assert y.shape == (3, 5, 112) and y.dtype == torch.float32
+    ref = F.linear(x.to(ql.dtype).float(), ql.dequantize())
+    tol = 1e-5 if ql.dtype == torch.float32 else 1e-2                  # one rounding of the result to 16 bits
+    assert (y - ref).abs().max() <= tol * ref.abs().max()
+    assert ql(x.bfloat16()).dtype == torch.bfloat16                     # the caller's dtype comes back
+
+
+def test_dequantize_reads_the_kernel_layout():
+    "QuantLinear.dequantize (unpack_int4 of the packed codes) equals the weights the kernel itself uses."
+    torch.manual_seed(1)
+    for quant in ("int4", "q8_0"):
+        ql = QuantLinear.from_float(torch.randn(96, 128), quant, dtype=torch.float32)
+        in_f = 128 if quant == "int4" else 256
+        w = kernel_weights(ql.packed, ql.scales_and_zeros, 96, in_f)
+        if quant == "q8_0": w = w[:, :128] + w[:, 128:]
+        assert torch.equal(ql.dequantize(), w)
+    codes = torch.randint(0, 16, (64, 96), dtype=torch.uint8)
+    assert torch.equal(unpack_int4(pack_int4(codes)), codes)
+
+
+def test_int4_kernel_convention():
+    "_weight_int4pack_mm_for_cpu's weight is (q - 8) * scale + zero; Q4_1's d*q + m maps to scale d, zero m + 8d."
+    q = torch.arange(16, dtype=torch.uint8).repeat(32, 2)                 # (32, 32): every code in every row
+    table = torch.tensor([2.0, 0.5]).expand(1, 32, 2).contiguous()
+    assert torch.equal(kernel_weights(pack_int4(q), table, 32, 32)[0, :16], 2 * (torch.arange(16.0) - 8) + 0.5)
+    d, m = torch.tensor([[0.25]], dtype=torch.float16), torch.tensor([[-1.5]], dtype=torch.float16)
+    assert torch.equal(int4_scales_and_zeros(d, m)[0, 0], torch.tensor([0.25, -1.5 + 8 * 0.25]))
+    assert torch.equal(int4_scales_and_zeros(d)[0, 0], torch.tensor([0.25, 0.0]))
+
+
+def test_int8_quantizer():
+    torch.manual_seed(2)
+    w = torch.randn(40, 64)
+    w[3] = 0                                                              # an all-zero row: scale 0, no NaN
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and s.shape == (40,) and s[3] == 0 and (q[3] == 0).all()
+    assert ((w - dequantize_int8(q, s)).abs() <= s[:, None] / 2 * (1 + 1e-6)).all()
+    x = torch.randn(4, 64)
+    assert torch.allclose(torch.ops.aten._weight_int8pack_mm(x, q, s), F.linear(x, dequantize_int8(q, s)), atol=1e-5)
+
+
+def test_int4_is_q4_1_and_q8_0_is_llama_cpps():
+    "quantize_int4 writes GGUF's Q4_1 bytes and quantize_q8_0 its Q8_0 bytes (gguf.quants = llama.cpp's reference)."
+    w = (torch.randn(48, 256) * 0.03 + 0.01).numpy()
+    q, d, m = quantize_int4(torch.from_numpy(w))
+    assert np.array_equal(q4_1_bytes(q, d, m), quantize(w, QT.Q4_1))
+    assert np.array_equal(q8_0_bytes(*quantize_q8_0(torch.from_numpy(w))), quantize(w, QT.Q8_0))
+    assert torch.equal(dequantize_int4(q, d, m), torch.from_numpy(dequantize(quantize(w, QT.Q4_1), QT.Q4_1)))
+    back = q4_1_blocks(q4_1_bytes(q, d, m), (48, 256))                       # and back: the same codes and scales
+    assert all(torch.equal(a, b) for a, b in zip(back, (q, d, m)))
+    with pytest.raises(ValueError, match="group size 32"): q4_1_bytes(*quantize_int4(torch.from_numpy(w), 64))
+
+
+# ---------------------------------------------------------------- GGUF blocks repacked, exactly
+
+@pytest.mark.parametrize("rows", [48, 64, 100])
+def test_gguf_blocks_repacked_exactly(rows):
+    rng = np.random.default_rng(rows)
+    w = (rng.standard_normal((rows, 160)) * 0.05 + rng.standard_normal((rows, 1)) * 0.02).astype(np.float32)
+    for qt, repack in ((QT.Q4_1, q4_1_blocks_to_int4pack), (QT.Q4_0, q4_0_blocks_to_int4pack)):
+        raw = quantize(w, qt)
+        packed, table = repack(raw, (rows, 160))
+        assert packed.dtype == torch.uint8 and packed.shape[0] % 32 == 0 and table.dtype == torch.float32
+        assert torch.equal(kernel_weights(packed, table, rows, 160), torch.from_numpy(dequantize(raw, qt)))
+    raw = quantize(w, QT.Q8_0)
+    q, d = q8_0_blocks_to_int8(raw, (rows, 160))
+    assert q.dtype == torch.int8 and d.dtype == torch.float16 and d.shape == (rows, 5)
+    packed, table = q8_0_to_int4pack(q, d)
+    w2 = kernel_weights(packed, table, rows, 320)
+    assert torch.equal(w2[:, :160] + w2[:, 160:], torch.from_numpy(dequantize(raw, QT.Q8_0)))
+
+
+def test_q8_0_extremes_exact():
+    "Codes -128 and 127 and tiny/large float16 scales survive the two-nibble split."
+    q = torch.tensor([[-128, 127, 0, -1] * 8, [1, -127, 5, 64] * 8], dtype=torch.int8)
+    d = torch.tensor([[6e-5], [3000.0]], dtype=torch.float16)
+    ql = QuantLinear.from_q8_0(q, d, dtype=torch.float32)
+    assert torch.equal(ql.dequantize(), q.float() * d.float())
+
+
+def _tiny_gguf(path, types: dict):
+    "A file with 2-D tensors of the given ggml types (written by gguf's own GGUFWriter)."
+    rng = np.random.default_rng(0)
+    w = GGUFWriter(path, "llama")
+    ref = {}
+    for name, qt in types.items():
+        a = (rng.standard_normal((64, 96)) * 0.05).astype(np.float32)
+        if qt in (QT.F32, QT.F16): data = a.astype(np.float32 if qt == QT.F32 else np.float16); back = data
+        else: data = quantize(a, qt); back = dequantize(data, qt)
+        w.add_tensor(name, data, raw_dtype=None if qt in (QT.F32, QT.F16) else qt)
+        ref[name] = torch.from_numpy(np.asarray(back, dtype=np.float32).reshape(64, 96))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return ref
+
+
+def test_gguf_qlinear_every_type(tmp_path):
+    types = {"a.weight": QT.Q4_1, "b.weight": QT.Q4_0, "c.weight": QT.Q8_0, "d.weight": QT.F16, "e.weight": QT.BF16,
+             "f.weight": QT.F32, "g.weight": QT.Q5_1}
+    ref = _tiny_gguf(tmp_path / "t.gguf", types)
+    f = open_gguf(tmp_path / "t.gguf")
+    kinds = {}
+    for t in f.tensors:
+        ql = gguf_qlinear(t, dtype=torch.float32)
+        kinds[t.name] = (ql.kind, ql.dtype)
+        assert torch.equal(ql.dequantize(), ref[t.name]), t.name
+        x = torch.randn(2, 96)
+        want = F.linear(x.to(ql.dtype).float(), ref[t.name])             # F16/BF16 kept: they compute in 16 bits
+        tol = 1e-5 if ql.dtype == torch.float32 else 1e-2
+        assert (ql(x) - want).abs().max() <= tol * want.abs().max()
+    assert kinds == {"a.weight": ("int4", torch.float32), "b.weight": ("int4", torch.float32),
+                     "c.weight": ("q8_0", torch.float32), "d.weight": ("float", torch.float16),
+                     "e.weight": ("float", torch.bfloat16), "f.weight": ("float", torch.float32),
+                     "g.weight": ("float", torch.float32)}                # Q5_1: no kernel, dequantized (other="f32")
+    t = next(t for t in f.tensors if t.name == "g.weight")
+    assert gguf_qlinear(t, other="int4").kind == "int4"
+    c = next(t for t in f.tensors if t.name == "c.weight")
+    assert gguf_qlinear(c, q8_0="int8").kind == "int8"
+    with pytest.raises(ValueError, match="q8_0="):
+        gguf_qlinear(c, q8_0="int16")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    try: return open_gguf(smollm2_path())
+    except FileNotFoundError as e: pytest.skip(str(e))
+
+
+def test_real_smollm2_tensors_exact(smol):
+    tensors = {t.name: t for t in smol.tensors}
+    for name in ("blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.17.ffn_down.weight", "blk.29.ffn_gate.weight"):
+        t = tensors[name]
+        ql = gguf_qlinear(t, dtype=torch.float32)
+        ref = torch.from_numpy(dequantize(t.data, t.tensor_type))
+        assert ql.kind == "int4" and torch.equal(ql.dequantize(), ref)
+        packed, table = q4_1_blocks_to_int4pack(t.data, torch_shape(t))
+        assert torch.equal(kernel_weights(packed, table, *ref.shape), ref)
+        x = torch.randn(3, ref.shape[1])
+        assert torch.allclose(ql(x), F.linear(x, ref), rtol=0, atol=1e-5 * F.linear(x, ref).abs().max())
+    t = tensors["token_embd.weight"]                                    # Q8_0, the tied output matrix
+    rows = t.data[:256]                                                 # 256 tokens' rows are enough
+    q, d = q8_0_blocks_to_int8(rows, (256, 576))
+    ql = QuantLinear.from_q8_0(q, d, dtype=torch.float32)
+    assert torch.equal(ql.dequantize(), torch.from_numpy(dequantize(rows, t.tensor_type)))
+
+
+# ---------------------------------------------------------------- whole models
+
+def _tiny_model(seed=0, sharp=False):
+    """A random 2-layer model; sharp: the output matrix is the embedding with its rows permuted, so after token t the
+    model predicts perm[t] by a wide margin (greedy walks the permutation), with the blocks' outputs added on top."""
+    init_model_parallel()
+    torch.manual_seed(seed)
+    args = ModelArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32,
+                     max_batch_size=2, max_seq_len=32)
+    model = Transformer(args).eval()
+    if sharp:
+        with torch.no_grad():
+            perm = torch.randperm(256)
+            model.output.weight.copy_(model.tok_embeddings.weight[torch.argsort(perm)] * 4)   # row perm[t] = embedding t
+            model.perm = perm
+    return model
+
+
+class QuantFastForward(FastForward):
+    "FastForward with chapter 10's one-line hook in _linear (built before quantize_model: its __init__ reads output.weight)."
+    def _linear(self, layer, x):
+        return layer.qlinear(x) if hasattr(layer, "qlinear") else super()._linear(layer, x)
+
+
+def _greedy(forward, prompt, n):
+    tokens, out = torch.tensor([prompt]), []
+    logits = forward(tokens, 0)
+    for i in range(n):
+        nxt = int(logits[0, -1].argmax())
+        out.append(nxt)
+        logits = forward(torch.tensor([[nxt]]), len(prompt) + i)
+    return out
+
+
+@pytest.mark.parametrize("quant,tol", [("int8", 0.02), ("int4", 0.15)])
+def test_quantize_model_end_to_end(quant, tol):
+    model = _tiny_model()
+    qmodel = quantize_model(copy.deepcopy(model), quant, dtype=torch.float32)
+    tokens = torch.randint(0, 256, (2, 12))
+    with torch.inference_mode():
+        ref, out = model(tokens, 0, use_cache=False), qmodel(tokens, 0, use_cache=False)
+    # logits within tol of float32, relative to their spread (int8: 2%, int4 with groups of 32: 15%)
+    assert (out - ref).abs().max() <= tol * ref.abs().max()
+    # and exactly the float model whose weights are the dequantized ones
+    deq = copy.deepcopy(model)
+    for name, layer in quant_linears(deq).items():
+        layer.weight = torch.nn.Parameter(quant_linears(qmodel)[name].qlinear.dequantize(), requires_grad=False)
+    with torch.inference_mode(): assert torch.allclose(out, deq(tokens, 0, use_cache=False), atol=1e-4, rtol=1e-4)
+    assert all("weight" not in l._parameters for l in quant_linears(qmodel).values())
+    assert all(hasattr(l, "qlinear") for l in quant_linears(qmodel).values())
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_greedy_tokens_equal_on_a_sharp_model(quant):
+    model = _tiny_model(seed=3, sharp=True)
+    prompt = [5, 17, 99, 3, 42]
+    with torch.inference_mode():
+        want = _greedy(lambda t, p: model(t, p), prompt, 10)
+        assert want[1:] == model.perm[torch.tensor(want[:-1])].tolist()      # it is as sharp as built
+        qmodel = quantize_model(copy.deepcopy(model), quant)               # bfloat16 kernels, as it would run
+        assert _greedy(lambda t, p: qmodel(t, p), prompt, 10) == want        # the reference path (ch. 03-05)
+        fmodel = copy.deepcopy(model)
+        fast = QuantFastForward(fmodel)
+        quantize_model(fmodel, quant)
+        assert _greedy(fast, prompt, 10) == want                            # chapter 07's fast path with the hook
+
+
+def test_fast_forward_hook_matches_reference_path():
+    model = _tiny_model(seed=4)
+    fast = QuantFastForward(model)
+    quantize_model(model, "int4", dtype=torch.float32)
+    tokens = torch.randint(0, 256, (1, 9))
+    with torch.inference_mode():
+        ref = model(tokens, 0, use_cache=False)[:, -1:]
+        fast = fast(tokens, 0)
+    assert torch.allclose(fast, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_tied_output_keeps_embedding():
+    init_model_parallel()
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32, max_batch_size=1,
+                     max_seq_len=16, tie_word_embeddings=True)
+    model = Transformer(args).eval()
+    emb = model.tok_embeddings.weight
+    quantize_model(model, "int8")
+    assert model.tok_embeddings.weight is emb and "weight" not in model.output._parameters
+    assert model.output.qlinear.out_features == 96
+
+
+def test_model_dtype_change_keeps_kernel_dtype():
+    model = quantize_model(_tiny_model(), "int4")
+    model.to(torch.float32)
+    assert model.layers[0].attention.wq.qlinear.dtype == torch.bfloat16
+    with torch.inference_mode(): assert model(torch.randint(0, 256, (1, 4)), 0, use_cache=False).dtype == torch.float32
+
+
+def test_load_gguf_quantized_real_model(smol):
+    params, sd, qlayers = load_gguf_quantized(smol, compute_dtype=torch.float32)
+    assert set(sd) == {"tok_embeddings.weight", "norm.weight"} | {f"layers.{i}.{n}.weight" for i in range(30)
+                                                                  for n in ("attention_norm", "ffn_norm")}
+    assert len(qlayers) == 30 * 7 + 1 and qlayers["output"].kind == "q8_0" and qlayers["layers.0.attention.wq"].kind == "int4"
+    args = ModelArgs.from_params(params, max_seq_len=64, max_batch_size=1)
+    qmodel = quantized_transformer(args, sd, qlayers)
+    _, fsd = load_gguf(smol)
+    fmodel = build_transformer(args, fsd, device="cpu", dtype=torch.float32)
+    tokens = torch.tensor([Tokenizer(smollm2_path()).encode("The capital of France is", bos=False, eos=False)])
+    with torch.inference_mode():
+        a, b = qmodel(tokens, 0, use_cache=False), fmodel(tokens, 0, use_cache=False)
+    assert torch.allclose(a, b, atol=1e-3 * b.abs().max())              # the same weights, float32 arithmetic both
+    assert torch.equal(a[0, -1].argmax(), b[0, -1].argmax())
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_input():
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="unknown quant 'int2'"): quantize_model(model, "int2")
+    with pytest.raises(ValueError, match="unknown quant 'fp8'"): quantize_model(model, "int8", head="fp8")
+    with pytest.raises(ValueError, match="not a multiple of group_size=256"): quantize_model(model, "int4", group_size=256)
+    assert all(hasattr(l, "weight") for l in quant_linears(model).values())   # all or nothing: nothing was changed
+    with pytest.raises(ValueError, match="group sizes"): quantize_int4(torch.randn(8, 96), group_size=48)
+    with pytest.raises(ValueError, match="not a multiple of group_size=32"): quantize_int4(torch.randn(8, 48))
+    with pytest.raises(ValueError, match="2-D floating-point"): quantize_int8(torch.ones(4, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="unknown quant"): QuantLinear.from_float(torch.randn(32, 32), "int3")
+    with pytest.raises(ValueError, match="unknown QuantLinear kind"): QuantLinear("int5", 4, 4)
+    with pytest.raises(ValueError, match="takes 64"): QuantLinear.from_float(torch.randn(32, 64))(torch.randn(2, 63))
+    with pytest.raises(ValueError, match="multiple of 32"): pack_int4(torch.zeros(48, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="cannot hold shape"): q4_1_blocks_to_int4pack(np.zeros(100, np.uint8), (4, 64))
+    with pytest.raises(ValueError, match="whole number of 32-weight blocks"): q8_0_blocks_to_int8(np.zeros(34, np.uint8), (1, 33))
+    quantize_model(model, "int8")
+    with pytest.raises(ValueError, match="quantized already"): quantize_model(model, "int8")
+    with pytest.raises(ValueError, match="does not fit"):
+        attach_qlinear(_tiny_model().layers[0].attention.wq, QuantLinear.from_float(torch.randn(64, 128)))
+    with pytest.raises(ValueError, match="unknown format"): bits_per_weight("int3", 64)
+
+
+def test_small_helpers():
+    assert isinstance(cpu_has_bf16(), bool)
+    args = ModelArgs(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, multiple_of=256)
+    shapes = matmul_shapes(args)
+    assert len(shapes) == 211 and shapes[:7] == [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576),
+                                                 (576, 1536), (1536, 576)] and shapes[-1] == (49152, 576)
+    assert bits_per_weight("int4", 576) == 5.0 and bits_per_weight("Q4_1", 576) == 5.0
+
+
+# ---- wired into Llama.build and the CLI -----------------------------------------------------------------------------
+def test_build_with_quant_on_the_shipped_model():
+    from llama_lit.generation import Llama
+    ref = Llama.build(max_seq_len=64, max_batch_size=1)
+    ids = ref.tokenizer.encode("ROMEO:\nWhat light through yonder window breaks?", bos=True, eos=False)
+    with torch.inference_mode(): want = ref.model(torch.tensor([ids]), 0, use_cache=False)
+    loss = lambda lg: torch.nn.functional.cross_entropy(lg[0, :-1], torch.tensor(ids[1:])).item()
+    for quant, tol in (("int8", 0.02), ("int4", 0.10)):
+        llm = Llama.build(max_seq_len=64, max_batch_size=1, quant=quant)
+        assert all(hasattr(l, "qlinear") for l in (llm.model.output, llm.model.layers[0].attention.wq))
+        with torch.inference_mode(): got = llm.model(torch.tensor([ids]), 0, use_cache=False)
+        assert abs(loss(got) - loss(want)) / loss(want) < tol, quant
+        assert len(llm.text_completion(["ROMEO:"], temperature=0.0, max_gen_len=6)[0]["generation"]) > 0
+
+
+def test_build_keeps_the_gguf_bits():
+    from llama_lit.generation import Llama
+    from llama_lit.gguf import smollm2_path
+    llm = Llama.build(smollm2_path(), max_seq_len=64, max_batch_size=1, quant="gguf")
+    assert llm.model.layers[0].feed_forward.w1.qlinear.kind == "int4"          # Q4_1 blocks, not floats
+    assert not hasattr(llm.model.layers[0].feed_forward.w1, "weight")
+    ids = llm.tokenizer.encode("The capital of France is", bos=False, eos=False)
+    out = llm.text_completion(["The capital of France is"], temperature=0.0, max_gen_len=3)[0]["generation"]
+    assert "Paris" in out, out
+
+
+def test_bad_quant_requests(tmp_path):
+    from llama_lit.generation import Llama
+    with pytest.raises(ValueError, match="quant must be None"): Llama.build(quant="int3")
+    with pytest.raises(ValueError, match="keeps a GGUF file's own"): Llama.build(quant="gguf")
+
+
+def test_cli_quant():
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-m", "llama_lit", "generate", "ROMEO:", "--quant", "int4", "--max-gen-len", "6",
+                        "--temperature", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ROMEO:"), r.stderr
