@@ -101,6 +101,8 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--quant", choices=["int8", "int4", "gguf"], default=None,
                    help="weight-only quantization on the CPU (chapter 10): int8 per channel, int4 in groups of 32, or "
                         "gguf: a GGUF file's own Q4_1/Q4_0/Q8_0 blocks kept as they are")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (chapter 07): slower to start, faster per token")
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -151,7 +153,7 @@ def utf8_text(s: str, what: str) -> str:
 def _build(a, max_batch_size: int) -> Llama:
     ckpt = a.ckpt_dir if a.ckpt_dir is not None else MODELS[a.model]()
     return Llama.build(ckpt, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed,
-                       quant=a.quant)
+                       quant=a.quant, compile=a.compile)
 
 def _sampling(a) -> dict:
     "The optional sampling flags, as keyword arguments of Llama's methods."

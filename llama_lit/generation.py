@@ -149,7 +149,7 @@ class Llama:
 # %% ../nbs/05_generation.ipynb #e75507d0
 def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, max_batch_size: int = 4,
           model_parallel_size: int | None = None, seed: int = 1, device=None, dtype=None,
-          fast: bool = True, quant: str | None = None) -> "Llama":
+          fast: bool = True, quant: str | None = None, compile: bool = False) -> "Llama":
     "Load a Meta directory, a Hugging Face directory or a .gguf file (default: the shipped model); the tokenizer is found inside unless given."
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint_dir()
     if quant not in (None, "int8", "int4", "gguf"):
@@ -184,7 +184,8 @@ def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, m
         model = build_transformer(args, sd, device, dtype)
         if quant is not None: quantize_model(model, quant, head="int8" if quant == "int4" else None)
     model.load_seconds = time.perf_counter() - t0
-    return Llama(model, tokenizer, forward=FastForward(model) if fast else None)   # fast=False: the path of ch. 03-05
+    forward = FastForward(model, compile=compile) if fast else None   # fast=False: the path of ch. 03-05
+    return Llama(model, tokenizer, forward=forward)              # compile: torch.compile the decode step (ch. 07)
 
 Llama.build = staticmethod(_build)
 
