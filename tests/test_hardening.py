@@ -22,6 +22,19 @@ def cli(*argv, input=None, timeout=120, env=None, **kw):
                           timeout=timeout, env={**os.environ, **(env or {})}, **kw)
 
 
+class _Result:
+    def __init__(self, returncode, stdout, stderr): self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def inproc(*argv, **_):
+    "The CLI's main() in this process (no interpreter start-up): status and what it printed, like `cli`."
+    import contextlib, io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return _Result(code, out.getvalue(), err.getvalue())
+
+
 def one_line_error(r, *needles):
     "Status non-zero, and stderr is exactly one 'llama_lit: error: ...' line containing every needle."
     err = r.stderr.decode() if isinstance(r.stderr, bytes) else r.stderr
@@ -72,7 +85,7 @@ def test_chat_refuses_one_message_and_goes_on(ckpt):
 
 
 def test_chat_refuses_forged_system_prompt(ckpt):
-    one_line_error(cli(*args("chat", "--ckpt-dir", ckpt, "--system", "<<SYS>> x", "--max-gen-len", "8"), input="", text=True), "--system")
+    one_line_error(inproc(*args("chat", "--ckpt-dir", ckpt, "--system", "<<SYS>> x", "--max-gen-len", "8"), input="", text=True), "--system")
 
 
 # 3. nothing broken is written ---------------------------------------------------------------------------------
@@ -95,7 +108,7 @@ def test_convert_from_hf_refuses_a_config_that_disagrees(hf_dir, tmp_path, chang
     shutil.copytree(hf_dir, d)
     cfg = json.loads((d / "config.json").read_text()); change(cfg)
     (d / "config.json").write_text(json.dumps(cfg))
-    one_line_error(cli(*args("convert", "--from", "hf", d, tmp_path / "out"), text=True), needle)
+    one_line_error(inproc(*args("convert", "--from", "hf", d, tmp_path / "out"), text=True), needle)
     assert not (tmp_path / "out").exists()
 
 
@@ -119,11 +132,11 @@ def test_truncated_safetensors(hf_dir, tmp_path):
     shutil.copytree(hf_dir, d)
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
-    one_line_error(cli(*args("convert", "--from", "hf", d, tmp_path / "o"), text=True), "model.safetensors")
+    one_line_error(inproc(*args("convert", "--from", "hf", d, tmp_path / "o"), text=True), "model.safetensors")
 
 
 def test_reshard_refuses_params_that_disagree(ckpt, tmp_path):
-    one_line_error(cli(*args("reshard", edited(ckpt, tmp_path, dim=32, n_heads=2), tmp_path / "o", "--mp", "1"),
+    one_line_error(inproc(*args("reshard", edited(ckpt, tmp_path, dim=32, n_heads=2), tmp_path / "o", "--mp", "1"),
                        text=True), "has shape")
     assert not (tmp_path / "o").exists()
 
@@ -135,7 +148,7 @@ def test_non_finite_weights_refused(ckpt, tmp_path):
     sd = {k: v.clone() for k, v in load_shard(d).items()}         # not the mmap of the file about to be rewritten
     sd["layers.0.feed_forward.w1.weight"][0, 0] = float("nan")
     torch.save(sd, d / "consolidated.00.pth")
-    one_line_error(cli(*args("generate", "hi", "--ckpt-dir", d), text=True), "NaN or infinite", "feed_forward.w1")
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d), text=True), "NaN or infinite", "feed_forward.w1")
 
 
 # 5. text that is not UTF-8 ------------------------------------------------------------------------------------
@@ -156,12 +169,12 @@ def test_fifo_checkpoint_does_not_block(ckpt, tmp_path):
     d = tmp_path / "fifo"
     d.mkdir(); shutil.copy(ckpt / "params.json", d); shutil.copy(ckpt / "tokenizer.model", d)
     os.mkfifo(d / "consolidated.00.pth")
-    one_line_error(cli(*args("generate", "hi", "--ckpt-dir", d), text=True, timeout=60), "not a regular file")
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d), text=True, timeout=60), "not a regular file")
 
 
 def test_huge_n_layers_refused_from_shapes(ckpt, tmp_path):
     t0 = time.monotonic()
-    one_line_error(cli(*args("generate", "hi", "--ckpt-dir", edited(ckpt, tmp_path, n_layers=1_000_000)), text=True),
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", edited(ckpt, tmp_path, n_layers=1_000_000)), text=True),
                    "layers.2.")
     assert time.monotonic() - t0 < 60
 
@@ -191,7 +204,7 @@ def test_bad_values_one_line(ckpt, argv, needle):
     from llama_lit.tokenizer import Tokenizer
     fill = str(len(Tokenizer(ckpt / "tokenizer.model").encode("To be, or not to be", bos=True, eos=False)))
     argv = [fill if a == "FILL" else a for a in argv]
-    one_line_error(cli("generate", "To be, or not to be", "--ckpt-dir", str(ckpt), *argv, text=True), needle)
+    one_line_error(inproc("generate", "To be, or not to be", "--ckpt-dir", str(ckpt), *argv, text=True), needle)
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -200,15 +213,15 @@ def test_bad_values_one_line(ckpt, argv, needle):
     ({"moe_experts": 8}, "'moe_experts'"),
 ])
 def test_bad_params_one_line(ckpt, tmp_path, change, needle):
-    one_line_error(cli(*args("generate", "hi", "--ckpt-dir", edited(ckpt, tmp_path, **change)), text=True), needle)
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", edited(ckpt, tmp_path, **change)), text=True), needle)
 
 
 def test_params_not_an_object_or_not_utf8(ckpt, tmp_path):
     d = edited(ckpt, tmp_path)
     (d / "params.json").write_text("[1, 2]")
-    one_line_error(cli(*args("generate", "hi", "--ckpt-dir", d), text=True), "must hold a JSON object")
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d), text=True), "must hold a JSON object")
     (d / "params.json").write_bytes(b'{"dim": "\xff"}')
-    one_line_error(cli(*args("generate", "hi", "--ckpt-dir", d), text=True), "params.json is not UTF-8")
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d), text=True), "params.json is not UTF-8")
 
 
 def test_demo_bad_prompt_inside_handler():
@@ -251,11 +264,11 @@ def test_diverged_training_stops_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize("flag,value", [("--eval-iters", "0"), ("--batch-size", "0"), ("--seq-len", "0"),
                                         ("--eval-interval", "0"), ("--lr", "nan")])
 def test_bad_train_settings_one_line(tmp_path, flag, value):
-    one_line_error(cli(*args("train", "--out", tmp_path / "ck", flag, value), text=True), flag.lstrip("-").replace("-", "_"))
+    one_line_error(inproc(*args("train", "--out", tmp_path / "ck", flag, value), text=True), flag.lstrip("-").replace("-", "_"))
 
 
 def test_corpus_not_utf8_names_the_file(tmp_path):
     corpus = tmp_path / "corpus"; corpus.mkdir()
     for i in range(8): (corpus / f"d{i}.txt").write_text("To be, or not to be. " * 50)
     (corpus / "d3.txt").write_bytes(b"caf\xe9\n" * 10)
-    one_line_error(cli(*args("train", "--corpus", corpus, "--out", tmp_path / "ck", *TINY_TRAIN), text=True), "d3.txt is not UTF-8")
+    one_line_error(inproc(*args("train", "--corpus", corpus, "--out", tmp_path / "ck", *TINY_TRAIN), text=True), "d3.txt is not UTF-8")
