@@ -103,6 +103,9 @@ def _model_args(p: argparse.ArgumentParser):
                         "gguf: a GGUF file's own Q4_1/Q4_0/Q8_0 blocks kept as they are")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (chapter 07): slower to start, faster per token")
+    p.add_argument("--kernels", choices=["auto", "on", "off"], default="auto",
+                   help="--quant: llama_lit's AVX2 kernels (chapter 11; compiled once on first use) or torch's (off); "
+                        "auto uses them where they build")
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -153,7 +156,7 @@ def utf8_text(s: str, what: str) -> str:
 def _build(a, max_batch_size: int) -> Llama:
     ckpt = a.ckpt_dir if a.ckpt_dir is not None else MODELS[a.model]()
     return Llama.build(ckpt, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed,
-                       quant=a.quant, compile=a.compile)
+                       quant=a.quant, compile=a.compile, kernels={"auto": None, "on": True, "off": False}[a.kernels])
 
 def _sampling(a) -> dict:
     "The optional sampling flags, as keyword arguments of Llama's methods."

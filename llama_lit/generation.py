@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TypedDict
@@ -26,9 +27,10 @@ from .quant import load_gguf_quantized, quantize_model, quantized_transformer
 # %% auto #0
 __all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'sample_top_p',
            'check_sampling', 'apply_top_k', 'apply_repetition_penalty', 'next_token', 'default_device_dtype',
-           'all_finite', 'build_transformer', 'check_cache_fits', 'check_quant', 'default_checkpoint_dir', 'Llama',
-           'CompletionPrediction', 'Message', 'format_dialog_llama2', 'format_dialog_llama3', 'render_chat_template',
-           'chat_format', 'format_dialog', 'is_unsafe', 'ChatPrediction', 'IncrementalDecoder']
+           'all_finite', 'build_transformer', 'check_cache_fits', 'use_kernels', 'check_quant',
+           'default_checkpoint_dir', 'Llama', 'CompletionPrediction', 'Message', 'format_dialog_llama2',
+           'format_dialog_llama3', 'render_chat_template', 'chat_format', 'format_dialog', 'is_unsafe',
+           'ChatPrediction', 'IncrementalDecoder']
 
 # %% ../nbs/05_generation.ipynb #1ac741c3
 def sample_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
@@ -114,6 +116,15 @@ def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4) -> None:
         raise ValueError(f"a KV cache for max_batch_size={args.max_batch_size} × max_seq_len={args.max_seq_len} needs "
                          f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB; lower --max-seq-len")
 
+def use_kernels(kernels: bool | None, quant: str | None) -> bool:
+    "Whether a quantized model runs chapter 11's kernels: None = where they build (else chapter 10's torch kernels, with a warning), True = must, False = never."
+    if quant is None or kernels is False: return False                # float models: torch's matmuls
+    from llama_lit.kernels import load_kernels
+    try: load_kernels(); return True
+    except RuntimeError as e:
+        if kernels: raise
+        warnings.warn(f"{e}; using torch's kernels (chapter 10)", stacklevel=3); return False
+
 def check_quant(quant: str, fmt: str, mp: int, device=None) -> None:
     "Weight-only quantization (chapter 10) runs torch's CPU kernels on one process; 'gguf' needs a GGUF file."
     if mp > 1: raise ValueError(f"quant={quant!r} runs on one process; this run has {mp} model-parallel processes")
@@ -149,7 +160,7 @@ class Llama:
 # %% ../nbs/05_generation.ipynb #e75507d0
 def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, max_batch_size: int = 4,
           model_parallel_size: int | None = None, seed: int = 1, device=None, dtype=None,
-          fast: bool = True, quant: str | None = None, compile: bool = False) -> "Llama":
+          fast: bool = True, quant: str | None = None, compile: bool = False, kernels: bool | None = None) -> "Llama":
     "Load a Meta directory, a Hugging Face directory or a .gguf file (default: the shipped model); the tokenizer is found inside unless given."
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint_dir()
     if quant not in (None, "int8", "int4", "gguf"):
@@ -176,13 +187,14 @@ def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, m
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     if quant is not None: check_quant(quant, fmt, mp, device)
-    if quant == "gguf":                                    # the file's Q4_1/Q4_0/Q8_0 blocks in torch's kernels (ch. 10)
-        _, sd, qlayers = load_gguf_quantized(src)
+    kernels = use_kernels(kernels, quant)                  # chapter 11's kernels, where they build
+    if quant == "gguf":                                    # the file's Q4_1/Q4_0/Q8_0 blocks, bits kept (ch. 10, 11)
+        _, sd, qlayers = load_gguf_quantized(src, kernels=kernels)
         model = quantized_transformer(args, sd, qlayers, dtype or torch.float32)
     else:
         sd = load_model_shard(src, params, fs_init.get_model_parallel_rank(), mp, args.vocab_parallel_embedding)
         model = build_transformer(args, sd, device, dtype)
-        if quant is not None: quantize_model(model, quant, head="int8" if quant == "int4" else None)
+        if quant is not None: quantize_model(model, quant, head="int8" if quant == "int4" else None, kernels=kernels)
     model.load_seconds = time.perf_counter() - t0
     forward = FastForward(model, compile=compile) if fast else None   # fast=False: the path of ch. 03-05
     return Llama(model, tokenizer, forward=forward)              # compile: torch.compile the decode step (ch. 07)

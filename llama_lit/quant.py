@@ -348,8 +348,8 @@ def _check_one_process() -> None:
 QUANTS = ("int8", "int4")
 
 def quantize_model(model: Transformer, quant: str = "int8", group_size: int = 32, dtype=torch.bfloat16,
-                   head: str | None = None) -> Transformer:
-    "Quantize, in place, every linear layer (wq…w3, output; not the embedding) of a one-process Transformer into QuantLinears computing in `dtype`; `head` overrides the output matrix's quant."
+                   head: str | None = None, kernels: bool = False) -> Transformer:
+    "Quantize, in place, every linear layer (wq…w3, output; not the embedding) of a one-process Transformer into QuantLinears computing in `dtype`; `head` overrides the output matrix's quant. kernels=True: chapter 11's KernelLinears instead (int4 as Q4_1 blocks, int8 as Q8_0 blocks)."
     head = quant if head is None else head
     for q in (quant, head):
         if q not in QUANTS: raise ValueError(f"unknown quant {q!r}; choose one of {QUANTS}")
@@ -358,27 +358,35 @@ def quantize_model(model: Transformer, quant: str = "int8", group_size: int = 32
     for name, layer in layers.items():                       # every check before the first change: all or nothing
         if hasattr(layer, "qlinear"): raise ValueError(f"{name} is quantized already")
         if (head if name == "output" else quant) == "int4": _check_group(layer.weight.shape[1], group_size)
+    if kernels:
+        if group_size != 32: raise ValueError(f"kernels=True quantizes in GGUF's blocks of 32 weights, not {group_size}")
+        from llama_lit.kernels import KernelLinear                       # chapter 11
+        make = lambda w, q: KernelLinear.from_float(w, {"int4": "q4_1", "int8": "q8_0"}[q])
+    else:
+        make = lambda w, q: QuantLinear.from_float(w, q, group_size, dtype)
     for name, layer in layers.items():
-        attach_qlinear(layer, QuantLinear.from_float(layer.weight, head if name == "output" else quant, group_size, dtype))
+        attach_qlinear(layer, make(layer.weight, head if name == "output" else quant))
     return model
 
 # %% ../nbs/10_quantization.ipynb #1f511a5b
 _MATRICES = (".wq.weight", ".wk.weight", ".wv.weight", ".wo.weight", ".w1.weight", ".w2.weight", ".w3.weight")
 
 def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16, other: str = "f32",
-                        q8_0: str = "int4x2") -> tuple[dict, dict, dict]:
-    "(params, {key: float tensor} of the norms and embedding in `dtype`, {module name: QuantLinear}) of a LLaMA GGUF, matrices in the bits stored."
+                        q8_0: str = "int4x2", kernels: bool = False) -> tuple[dict, dict, dict]:
+    "(params, {key: float tensor} of the norms and embedding in `dtype`, {module name: QuantLinear}) of a LLaMA GGUF, matrices in the bits stored; kernels=True: chapter 11's KernelLinears."
     reader = open_gguf(path)
     params = read_gguf_params(reader)
     tensors = {gguf_to_meta_name(t.name): t for t in reader.tensors if t.name != "rope_freqs.weight"}
+    if kernels: from llama_lit.kernels import kernel_qlinear as make   # chapter 11
+    else: make = lambda t: gguf_qlinear(t, compute_dtype, other, q8_0)
     sd, qlayers = {}, {}
     for key, t in tensors.items():
         if key.endswith(_MATRICES) or key == "output.weight":
-            qlayers[key.removesuffix(".weight")] = gguf_qlinear(t, compute_dtype, other, q8_0)
+            qlayers[key.removesuffix(".weight")] = make(t)
         else:
             sd[key] = dequantize_tensor(t, dtype)
     if params["tie_word_embeddings"]:                        # the output matrix is the embedding's bits
-        qlayers["output"] = gguf_qlinear(tensors["tok_embeddings.weight"], compute_dtype, other, q8_0)
+        qlayers["output"] = make(tensors["tok_embeddings.weight"])
     return params, sd, qlayers
 
 def quantized_transformer(args: ModelArgs, sd: dict, qlayers: dict, dtype=torch.float32) -> Transformer:
