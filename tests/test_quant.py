@@ -340,7 +340,7 @@ def test_build_with_quant_on_the_shipped_model():
     with torch.inference_mode(): want = ref.model(torch.tensor([ids]), 0, use_cache=False)
     loss = lambda lg: torch.nn.functional.cross_entropy(lg[0, :-1], torch.tensor(ids[1:])).item()
     for quant, tol in (("int8", 0.02), ("int4", 0.10)):
-        llm = Llama.build(max_seq_len=64, max_batch_size=1, quant=quant)
+        llm = Llama.build(max_seq_len=64, max_batch_size=1, quant=quant, kernels=False)
         assert all(hasattr(l, "qlinear") for l in (llm.model.output, llm.model.layers[0].attention.wq))
         with torch.inference_mode(): got = llm.model(torch.tensor([ids]), 0, use_cache=False)
         assert abs(loss(got) - loss(want)) / loss(want) < tol, quant
@@ -350,7 +350,7 @@ def test_build_with_quant_on_the_shipped_model():
 def test_build_keeps_the_gguf_bits():
     from llama_lit.generation import Llama
     from llama_lit.gguf import smollm2_path
-    llm = Llama.build(smollm2_path(), max_seq_len=64, max_batch_size=1, quant="gguf")
+    llm = Llama.build(smollm2_path(), max_seq_len=64, max_batch_size=1, quant="gguf", kernels=False)   # torch's kernels
     assert llm.model.layers[0].feed_forward.w1.qlinear.kind == "int4"          # Q4_1 blocks, not floats
     assert not hasattr(llm.model.layers[0].feed_forward.w1, "weight")
     ids = llm.tokenizer.encode("The capital of France is", bos=False, eos=False)

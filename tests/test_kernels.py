@@ -1,0 +1,162 @@
+"""Chapter 11's CPU kernels: each against its float64 reference (int8 activations rounded exactly as
+`quantize_activations`), GGUF blocks regrouped bit for bit, KernelLinear against its own dequantized weight, the real
+SmolLM2 file through the kernels (logits near the float model's, same answer), torch.compile through the ops, the
+fallback when they cannot build, and bad input -> ValueError. No timings."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+
+from llama_lit.kernels import (KernelLinear, kernel_qlinear, kernels_available, kernels_unavailable_reason,
+                               load_kernels, q4_1_linear, q8_0_linear, float_linear, quantize_activations,
+                               reference_q4_1_linear, reference_q8_0_linear, split_q4_0_blocks, split_q4_1_blocks,
+                               split_q8_0_blocks, unpack_q4_1)
+
+pytestmark = pytest.mark.skipif(kernels_unavailable_reason() is not None,
+                                reason=f"kernels cannot build here: {kernels_unavailable_reason()}")
+torch.set_num_threads(2)
+
+
+def pack(codes):
+    "Codes (N, K) 0..15 -> Q4_1 bytes (N, K/2): per block, weight j low nibble, j+16 high."
+    b = codes.reshape(codes.shape[0], -1, 2, 16)
+    return (b[:, :, 0] | b[:, :, 1] << 4).reshape(codes.shape[0], -1)
+
+
+def odd_x(M, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g)
+    x[0, :32] = 0                                               # an all-zero block: scale 0
+    if M > 1: x[1, 32:64] *= 1000
+    if M > 2: x[2, -32:] = -x[2, -32:].abs()                    # all negative
+    return x
+
+
+@pytest.mark.parametrize("N,K", [(130, 576), (7, 64), (576, 1536), (1, 32)])
+@pytest.mark.parametrize("M", [1, 3, 8, 46])
+def test_q4_1_and_q8_0_kernels_equal_their_reference(N, K, M):
+    torch.manual_seed(N + K + M)
+    codes = torch.randint(0, 16, (N, K), dtype=torch.uint8)
+    codes[0, :32] = 15; codes[-1, -32:] = 0
+    d, m = (torch.randn(N, K // 32) * 0.02).half(), (torch.randn(N, K // 32) * 0.1).half()
+    d[0, 0] = 0
+    q8 = torch.randint(-128, 128, (N, K), dtype=torch.int8)    # -128 too: |w| must not overflow the sign trick
+    x = odd_x(M, K)
+    ref = reference_q4_1_linear(x, pack(codes), d, m)
+    assert (q4_1_linear(x, pack(codes), d, m) - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-6
+    ref = reference_q8_0_linear(x, q8, d)
+    assert (q8_0_linear(x, q8, d) - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-6
+
+
+def test_activation_rounding_is_bit_exact():
+    x = odd_x(5, 1536)
+    x[3, :32] = torch.arange(32) * 0.5 - 8                      # exact halves: rounded to even
+    q, d, s = torch.ops.llama_lit.quantize_act(x)
+    rq, rd = quantize_activations(x)
+    assert torch.equal(q, rq) and torch.equal(d, rd)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 5])
+def test_float_kernel(dtype, M):
+    w, x = torch.randn(131, 200).to(dtype), torch.randn(M, 200)  # K a multiple of 8, not of 32
+    ref = (x.double() @ w.double().T).float()
+    assert (float_linear(x, w) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_gguf_blocks_regrouped_bit_for_bit():
+    w = torch.randn(64, 320) * 0.05
+    for T, split in ((QT.Q4_1, split_q4_1_blocks), (QT.Q4_0, split_q4_0_blocks)):
+        raw = quantize(w.numpy(), T)
+        qs, d, m = split(raw, w.shape)
+        got = (unpack_q4_1(qs).float().reshape(64, -1, 32) * d.float()[..., None] + m.float()[..., None]).reshape(w.shape)
+        assert torch.equal(got, torch.from_numpy(dequantize(raw, T)))
+    raw = quantize(w.numpy(), QT.Q8_0)
+    qs, d = split_q8_0_blocks(raw, w.shape)
+    assert torch.equal((qs.float().reshape(64, -1, 32) * d.float()[..., None]).reshape(w.shape),
+                       torch.from_numpy(dequantize(raw, QT.Q8_0)))
+
+
+@pytest.mark.parametrize("quant", ["q4_1", "q8_0", "f32", "bf16", "f16"])
+def test_kernellinear_matches_its_dequantized_weight(quant):
+    torch.manual_seed(0)
+    w, x = torch.randn(80, 256) * 0.02, torch.randn(2, 7, 256)
+    kl = KernelLinear.from_float(w, quant)
+    y, ref = kl(x), F.linear(x, kl.dequantize())
+    assert y.shape == (2, 7, 80) and y.dtype == torch.float32
+    assert ((y - ref).norm() / ref.norm()) < (1e-2 if quant.startswith("q") else 1e-5)
+    assert kl(x.bfloat16()).dtype == torch.bfloat16
+    if quant == "q4_1":                                         # chapter 10's int4 codes, the same weights
+        from llama_lit.quant import dequantize_int4, quantize_int4
+        assert torch.equal(kl.dequantize(), dequantize_int4(*quantize_int4(w)))
+
+
+def test_torch_compile_traces_through_the_ops():
+    kl = KernelLinear.from_float(torch.randn(64, 128) * 0.02, "q4_1")
+    step = lambda x: F.silu(kl(x)) * 2
+    x = torch.randn(1, 128)
+    with torch.inference_mode():
+        got = torch.compile(step, dynamic=False, fullgraph=True)(x)
+    assert torch.allclose(got, step(x), atol=1e-6)
+
+
+def test_bad_input_is_a_valueerror():
+    kl = KernelLinear.from_float(torch.randn(64, 128), "q4_1")
+    with pytest.raises(ValueError, match="this layer takes 128"): kl(torch.randn(1, 100))
+    with pytest.raises(ValueError, match="must be \\(M, 128\\)"): q4_1_linear(torch.randn(1, 96), kl.qs, kl.d, kl.m)
+    with pytest.raises(ValueError, match="d must be torch.float16"): q4_1_linear(torch.randn(1, 128), kl.qs, kl.d.float(), kl.m)
+    with pytest.raises(ValueError, match="int8 \\(N, K\\)"): q8_0_linear(torch.randn(1, 128), kl.qs, kl.d)
+    with pytest.raises(ValueError, match="multiple of 8"): float_linear(torch.randn(1, 12), torch.randn(3, 12))
+    with pytest.raises(ValueError, match="unknown quant"): KernelLinear.from_float(torch.randn(4, 32), "q5_k")
+
+
+def test_real_model_through_the_kernels():
+    "SmolLM2's Q4_1 file: every block matrix a Q4_1 KernelLinear; logits close to the dequantized float model's."
+    from llama_lit.generation import Llama
+    from llama_lit.gguf import smollm2_path
+    llm = Llama.build(smollm2_path(), max_seq_len=64, max_batch_size=1, quant="gguf", kernels=True)
+    w1 = llm.model.layers[0].feed_forward.w1.qlinear
+    assert isinstance(w1, KernelLinear) and w1.kind == "q4_1" and llm.model.output.qlinear.kind == "q8_0"
+    ref = Llama.build(smollm2_path(), max_seq_len=64, max_batch_size=1, quant="gguf", kernels=False)
+    ids = torch.tensor([llm.tokenizer.encode("The capital of France is Paris. The capital of Italy is", bos=False, eos=False)])
+    with torch.inference_mode():
+        a, b = llm.forward(ids, 0), ref.forward(ids, 0)
+    assert a.argmax() == b.argmax()
+    assert (a - b).norm() / b.norm() < 0.05                     # int8 vs bfloat16 activations
+    out = llm.text_completion(["The capital of France is"], temperature=0.0, max_gen_len=3)[0]["generation"]
+    assert "Paris" in out, out
+
+
+def test_quantize_model_with_kernels_on_the_shipped_model():
+    from llama_lit.generation import Llama
+    llm = Llama.build(max_seq_len=64, max_batch_size=1, quant="int4", kernels=True)
+    assert llm.model.layers[0].attention.wq.qlinear.kind == "q4_1" and llm.model.output.qlinear.kind == "q8_0"
+
+
+def test_fallback_when_they_cannot_build(tmp_path):
+    "LLAMA_LIT_KERNELS=0: kernels=None warns and uses torch's kernels; kernels=True is a RuntimeError saying why."
+    code = ("import warnings, torch\n"
+            "from llama_lit.generation import Llama\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    llm = Llama.build(max_seq_len=32, max_batch_size=1, quant='int8')\n"
+            "print(type(llm.model.output.qlinear).__name__, any('LLAMA_LIT_KERNELS=0' in str(x.message) for x in w))\n"
+            "try: Llama.build(max_seq_len=32, max_batch_size=1, quant='int8', kernels=True)\n"
+            "except RuntimeError as e: print('RuntimeError:', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LLAMA_LIT_KERNELS": "0"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "QuantLinear True", r.stdout
+    assert "RuntimeError: llama_lit's CPU kernels are unavailable: LLAMA_LIT_KERNELS=0 turns them off" in r.stdout
+
+
+def test_cli_kernels_flag():
+    for flag in ("on", "off"):
+        r = subprocess.run([sys.executable, "-m", "llama_lit", "generate", "ROMEO:", "--quant", "int4", "--kernels", flag,
+                            "--max-gen-len", "4", "--temperature", "0"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and r.stdout.startswith("ROMEO:"), r.stderr
