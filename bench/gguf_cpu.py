@@ -42,7 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
-    ap.add_argument("--engines", default="llama.cpp,llama_lit,transformers")
+    ap.add_argument("--engines", default="llama.cpp,llama_lit,transformers",
+                    help="any of llama.cpp, llama_lit, llama_lit-torch (quantized: torch's kernels, chapter 10), transformers")
     ap.add_argument("--compile", action="store_true", help="llama_lit: torch.compile the decode step")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "PRECISION"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -121,7 +122,7 @@ def worker_llama_cpp(path, prompt, text, n_new, runs, threads):
     return dict(tokens=rows[-1][0], peak=peak, loss=loss, **{k: statistics.median(f[k] for f in figs) for k in figs[0]})
 
 
-def worker_llama_lit(path, precision, prompt, text, n_new, runs, threads, compile_decode):
+def worker_llama_lit(path, precision, prompt, text, n_new, runs, threads, compile_decode, kernels=None):
     import torch
     sys.path.insert(0, str(HERE))
     from generate import llama_lit_runner                     # noqa: E402  (this folder's other benchmark)
@@ -130,7 +131,7 @@ def worker_llama_lit(path, precision, prompt, text, n_new, runs, threads, compil
     torch.set_num_threads(threads)
     mode = dict(LLAMA_LIT_MODE[precision])
     dtype = getattr(torch, mode.pop("dtype"))
-    try: llm = Llama.build(path, max_seq_len=512, max_batch_size=8, dtype=dtype, **mode)
+    try: llm = Llama.build(path, max_seq_len=512, max_batch_size=8, dtype=dtype, kernels=kernels, **mode)
     except TypeError as e: return dict(error=f"not available: {e}")
     if compile_decode: llm.forward = FastForward(llm.model, compile=True)
     res = {}
@@ -187,7 +188,9 @@ def worker(a):
     prompt, text = prompt_and_text()
     path = gguf_file(precision)
     if engine == "llama.cpp": res = worker_llama_cpp(path, prompt, text, a.new_tokens, a.runs, a.threads)
-    elif engine == "llama_lit": res = worker_llama_lit(path, precision, prompt, text, a.new_tokens, a.runs, a.threads, a.compile)
+    elif engine.startswith("llama_lit"):                       # llama_lit-torch: chapter 10's torch kernels
+        res = worker_llama_lit(path, precision, prompt, text, a.new_tokens, a.runs, a.threads, a.compile,
+                               kernels=False if engine == "llama_lit-torch" else None)
     else: res = worker_transformers(path, prompt, text, a.new_tokens, a.runs, a.threads)
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -222,17 +225,17 @@ def main(argv=None):
         for e in a.engines:
             if e == "transformers" and p != "f32": continue       # the float32 reference: transformers' default
             results[e, p] = run_worker(a, e, p)
-            print(f"  measured {e:12s} {p:5s} {'error: ' + results[e, p]['error'] if 'error' in results[e, p] else ''}",
+            print(f"  measured {e:15s} {p:5s} {'error: ' + results[e, p]['error'] if 'error' in results[e, p] else ''}",
                   file=sys.stderr, flush=True)
-    hdr = f"{'engine':12s} {'bits':5s} {'prefill tok/s':>13s} {'decode tok/s':>12s} {'decode b8':>9s} {'TTFT ms':>8s} " \
+    hdr = f"{'engine':15s} {'bits':5s} {'prefill tok/s':>13s} {'decode tok/s':>12s} {'decode b8':>9s} {'TTFT ms':>8s} " \
           f"{'peak MiB':>8s} {'greedy = llama.cpp':>18s} {'loss':>6s}"
     print(hdr); print("-" * len(hdr))
     for (e, p), r in results.items():
-        if "error" in r: print(f"{e:12s} {p:5s} {r['error']}"); continue
+        if "error" in r: print(f"{e:15s} {p:5s} {r['error']}"); continue
         ref = results.get(("llama.cpp", p))
         match = f"{prefix_match(r['tokens'], ref['tokens'])}/{a.new_tokens}" if ref and "error" not in ref and e != "llama.cpp" else ""
         b8 = f"{r['decode_b8']:9.1f}" if "decode_b8" in r else f"{'':9s}"
-        print(f"{e:12s} {p:5s} {r['prefill']:13.1f} {r['decode']:12.1f} {b8} {r['ttft'] * 1e3:8.1f} "
+        print(f"{e:15s} {p:5s} {r['prefill']:13.1f} {r['decode']:12.1f} {b8} {r['ttft'] * 1e3:8.1f} "
               f"{r['peak'] / 2**20:8.0f} {match:>18s} {r['loss']:6.3f}")
     ratios = {}
     for p in a.precisions:
