@@ -75,6 +75,11 @@ class FastForward:
         if hasattr(layer, "qlinear"): return layer.qlinear(x)     # chapter 10: a quantized matrix
         return F.linear(x, layer.weight) if self.plain_linear else layer(x)
 
+    def _embed(self, tokens):
+        "Rows of the embedding table; on one process a plain lookup (fairscale's wrapper breaks torch.compile's graph)."
+        emb = self.model.tok_embeddings
+        return F.embedding(tokens, emb.weight) if self.plain_linear else emb(tokens)
+
     def _norm(self, norm, x):
         "RMSNorm as chapter 01 defines it (statistics in float32); with fused_norm, as one F.rms_norm call."
         if not self.fused_norm: return norm(x)
@@ -104,7 +109,7 @@ class FastForward:
         if seqlen > 1 and start_pos > 0:                            # a chunk after cached tokens: one bool mask per call
             mask = torch.ones(seqlen, start_pos + seqlen, dtype=torch.bool, device=tokens.device).tril(start_pos)
         attention = lambda attn, kc, vc, x: self._attention(attn, kc, vc, x, cos, sin, start_pos, mask)
-        return self._head(self._blocks(self.model.tok_embeddings(tokens), attention))
+        return self._head(self._blocks(self._embed(tokens), attention))
 
 # %% ../nbs/07_performance.ipynb #63fe083e
 def _qkv(self: FastForward, attn, x, cos, sin):
@@ -171,6 +176,6 @@ def _decode_static(self: FastForward, tokens, pos):
         out = self._attend(attn, q.transpose(1, 2), kc[:bsz], vc[:bsz], mask, causal=False)
         return self._linear(attn.wo, out.transpose(1, 2).reshape(bsz, 1, -1))
 
-    return self._head(self._blocks(self.model.tok_embeddings(tokens), attention))
+    return self._head(self._blocks(self._embed(tokens), attention))
 
 FastForward._decode_static = _decode_static
