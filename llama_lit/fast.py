@@ -59,6 +59,19 @@ def head_major_cache(attn: Attention) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 # %% ../nbs/07_performance.ipynb #ec784210
+def _fuse_all(model: Transformer) -> dict:
+    "{id(module): fused KernelLinear} for each attention whose wq, wk, wv and each feed-forward whose w1, w3 run chapter 11's kernels alike."
+    from llama_lit.kernels import KernelLinear, fuse_rows
+    fused = {}
+    for layer in model.layers:
+        a, f = layer.attention, layer.feed_forward
+        for owner, mods in ((a, (a.wq, a.wk, a.wv)), (f, (f.w1, f.w3))):
+            qls = [getattr(m, "qlinear", None) for m in mods]
+            if all(isinstance(q, KernelLinear) for q in qls):
+                try: fused[id(owner)] = fuse_rows(qls)
+                except ValueError: pass                         # mixed kinds (a GGUF may store wv in more bits)
+    return fused
+
 class FastForward:
     "Generation forward over `model`'s own weights and caches: logits of the last position only, SDPA, F.rms_norm, F.linear."
     def __init__(self, model: Transformer, compile: bool = False, last_only: bool = True, sdpa: bool = True,
@@ -66,6 +79,7 @@ class FastForward:
         self.model, self.last_only, self.sdpa, self.fused_norm = model, last_only, sdpa, fused_norm
         self.plain_linear = plain_linear and fs_init.get_model_parallel_world_size() == 1
         self.caches = [head_major_cache(layer.attention) for layer in model.layers]
+        self.fused = _fuse_all(model) if self.plain_linear else {}    # chapter 11: wq|wk|wv and w1|w3 as one call each
         self.cos, self.sin = rope_tables(model.freqs_cis)
         mode = "reduce-overhead" if model.norm.weight.is_cuda else "default"   # on CUDA: replay as a CUDA graph
         self.decode = torch.compile(self._decode_static, dynamic=False, mode=mode) if compile else None
@@ -85,6 +99,12 @@ class FastForward:
         if not self.fused_norm: return norm(x)
         return F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).type_as(x) * norm.weight
 
+    def span(self, pos: int) -> int:
+        "Cache rows a compiled decode step reads at position `pos`: a power of two from 128 up, at most max_seq_len (one graph each)."
+        span = 128
+        while span <= pos: span *= 2
+        return min(span, self.model.params.max_seq_len)
+
     def _check(self, tokens, start_pos):
         p = self.model.params
         bsz, seqlen = tokens.shape
@@ -103,7 +123,7 @@ class FastForward:
         self._check(tokens, start_pos)
         bsz, seqlen = tokens.shape
         if seqlen == 1 and self.decode is not None:
-            return self.decode(tokens, torch.tensor([start_pos], device=tokens.device))
+            return self.decode(tokens, torch.tensor([start_pos], device=tokens.device), self.span(start_pos))
         cos, sin = self.cos[start_pos : start_pos + seqlen], self.sin[start_pos : start_pos + seqlen]
         mask = None                                                 # from position 0: is_causal, no mask tensor at all
         if seqlen > 1 and start_pos > 0:                            # a chunk after cached tokens: one bool mask per call
@@ -115,9 +135,14 @@ class FastForward:
 def _qkv(self: FastForward, attn, x, cos, sin):
     "Queries, keys (rotated) and values (bsz, seqlen, heads, head_dim) of `x` (bsz, seqlen, dim)."
     bsz, seqlen, _ = x.shape
-    q = self._linear(attn.wq, x).view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
-    k = self._linear(attn.wk, x).view(bsz, seqlen, attn.n_local_kv_heads, attn.head_dim)
-    v = self._linear(attn.wv, x).view(bsz, seqlen, attn.n_local_kv_heads, attn.head_dim)
+    if id(attn) in self.fused:                                  # one call for the three matrices (chapter 11)
+        nq, nkv = attn.n_local_heads * attn.head_dim, attn.n_local_kv_heads * attn.head_dim
+        q, k, v = self.fused[id(attn)](x).split([nq, nkv, nkv], dim=-1)
+    else:
+        q, k, v = self._linear(attn.wq, x), self._linear(attn.wk, x), self._linear(attn.wv, x)
+    q = q.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
+    k = k.view(bsz, seqlen, attn.n_local_kv_heads, attn.head_dim)
+    v = v.view(bsz, seqlen, attn.n_local_kv_heads, attn.head_dim)
     return apply_rotary_real(q, cos, sin), apply_rotary_real(k, cos, sin), v
 
 def _attend(self: FastForward, attn, q, keys, values, mask, causal: bool):
@@ -152,7 +177,9 @@ def _blocks(self: FastForward, h, attention):
         h = h + attention(layer.attention, kc, vc, self._norm(layer.attention_norm, h))
         ff = layer.feed_forward
         x = self._norm(layer.ffn_norm, h)
-        h = h + self._linear(ff.w2, F.silu(self._linear(ff.w1, x)) * self._linear(ff.w3, x))
+        if id(ff) in self.fused: gate, up = self.fused[id(ff)](x).chunk(2, dim=-1)   # w1|w3 in one call
+        else: gate, up = self._linear(ff.w1, x), self._linear(ff.w3, x)
+        h = h + self._linear(ff.w2, F.silu(gate) * up)
     return h
 
 def _head(self: FastForward, h):
@@ -163,17 +190,26 @@ def _head(self: FastForward, h):
 FastForward._blocks, FastForward._head = _blocks, _head
 
 # %% ../nbs/07_performance.ipynb #52fa4da8
-def _decode_static(self: FastForward, tokens, pos):
-    "One decode step with fixed shapes, for torch.compile: attends over the whole cache, masked beyond `pos` (a tensor)."
+def _attend_fused(q, keys, values, mask):
+    "One query per sequence as sums of products, which torch.compile fuses into two loops (no matmul calls): q (bsz, n_heads, 1, hd), keys/values (bsz, n_kv_heads, L, hd)."
+    bsz, n_heads, _, hd = q.shape
+    qg = q.view(bsz, keys.shape[1], n_heads // keys.shape[1], 1, hd)        # (bsz, n_kv_heads, n_rep, 1, head_dim)
+    scores = (qg.float() * keys[:, :, None].float()).sum(-1) / math.sqrt(hd)  # (bsz, n_kv_heads, n_rep, L)
+    p = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    out = (p[..., None] * values[:, :, None].float()).sum(-2)                # (bsz, n_kv_heads, n_rep, head_dim)
+    return out.reshape(bsz, n_heads, 1, hd).type_as(q)
+
+def _decode_static(self: FastForward, tokens, pos, span: int):
+    "One decode step with fixed shapes, for torch.compile: attends over the first `span` cache rows, masked beyond `pos` (a tensor)."
     bsz = tokens.shape[0]
     cos, sin = self.cos[pos], self.sin[pos]                     # (1, head_dim/2)
-    mask = (torch.arange(self.model.params.max_seq_len, device=tokens.device) <= pos)[None, :]  # (1, max_seq_len)
+    mask = (torch.arange(span, device=tokens.device) <= pos)[None, :]    # (1, span)
 
     def attention(attn, kc, vc, x):
         q, k, v = self._qkv(attn, x, cos, sin)
-        kc[:bsz].index_copy_(2, pos, k.transpose(1, 2))          # in place, at a position the graph does not fix
-        vc[:bsz].index_copy_(2, pos, v.transpose(1, 2))
-        out = self._attend(attn, q.transpose(1, 2), kc[:bsz], vc[:bsz], mask, causal=False)
+        kc[:bsz, :, pos] = k.transpose(1, 2)                     # in place (index_put_), at a position the graph does not fix
+        vc[:bsz, :, pos] = v.transpose(1, 2)
+        out = _attend_fused(q.transpose(1, 2), kc[:bsz, :, :span], vc[:bsz, :, :span], mask)
         return self._linear(attn.wo, out.transpose(1, 2).reshape(bsz, 1, -1))
 
     return self._head(self._blocks(self._embed(tokens), attention))

@@ -160,3 +160,32 @@ def test_cli_kernels_flag():
         r = subprocess.run([sys.executable, "-m", "llama_lit", "generate", "ROMEO:", "--quant", "int4", "--kernels", flag,
                             "--max-gen-len", "4", "--temperature", "0"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0 and r.stdout.startswith("ROMEO:"), r.stderr
+
+
+def test_fast_path_fuses_the_kernels_and_agrees():
+    """FastForward runs wq|wk|wv and w1|w3 as one kernel call each: the same tokens and logits, bit for bit, as one call
+    per matrix; its compiled decode step gives the eager step's logits. (Against the reference path of chapters 03-05
+    only closely: int8 activations turn a float rounding difference into a different integer now and then.)"""
+    from llama_lit.attention import ModelArgs
+    from llama_lit.fast import FastForward
+    from llama_lit.generation import Llama
+    from llama_lit.model import Transformer
+    from llama_lit.quant import quantize_model
+    from test_fast import NoStop, prompts
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=128, n_layers=3, n_heads=8, n_kv_heads=2, vocab_size=512, multiple_of=32,
+                                  max_batch_size=4, max_seq_len=64)).eval()
+    quantize_model(model, "int4", kernels=True)
+    ff = FastForward(model)
+    assert len(ff.fused) == 2 * 3
+    fused = Llama(model, NoStop(), forward=ff).generate(prompts(), 24, temperature=0)[0]
+    ff.fused = {}
+    assert Llama(model, NoStop(), forward=ff).generate(prompts(), 24, temperature=0)[0] == fused
+    ids = torch.tensor([prompts()[1]])
+    with torch.inference_mode():
+        ref = model(ids, 0, use_cache=False)[:, -1:]
+        eager = FastForward(model)
+        assert ((eager(ids, 0) - ref).norm() / ref.norm()) < 1e-3
+        step = eager(ids[:, -1:], ids.shape[1])             # one decode step, then the same step compiled
+        compiled = FastForward(model, compile=True)(ids[:, -1:], ids.shape[1])
+    assert ((compiled - step).norm() / step.norm()) < 1e-3
