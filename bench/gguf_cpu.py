@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 PRECISIONS = ("f32", "bf16", "q8_0", "q4_1")
 LLAMA_CPP_FTYPE = {"f32": 0, "bf16": 32, "q8_0": 7}           # LLAMA_FTYPE_ALL_F32, _MOSTLY_BF16, _MOSTLY_Q8_0
-LLAMA_LIT_MODE = {"f32": dict(dtype="float32"), "bf16": dict(dtype="bfloat16"),   # quantized: the file's own blocks
+LLAMA_LIT_MODE = {"f32": dict(dtype="float32"), "bf16": dict(dtype="float32", quant="gguf"),   # the file's own bits
                   "q8_0": dict(dtype="float32", quant="gguf"), "q4_1": dict(dtype="float32", quant="gguf")}
 QUESTION = "Why is the sky blue? Explain it to a child in a few sentences."
 TEXT = ("The sun is a star at the centre of the solar system. It is a nearly perfect ball of hot plasma, heated to "

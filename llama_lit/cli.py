@@ -104,8 +104,8 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (chapter 07): slower to start, faster per token")
     p.add_argument("--kernels", choices=["auto", "on", "off"], default="auto",
-                   help="--quant: llama_lit's AVX2 kernels (chapter 11; compiled once on first use) or torch's (off); "
-                        "auto uses them where they build")
+                   help="llama_lit's AVX2 kernels for the matrices on one CPU process (chapter 11; compiled once on "
+                        "first use), or torch's (off); auto uses them where they build")
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter

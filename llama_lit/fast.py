@@ -59,33 +59,46 @@ def head_major_cache(attn: Attention) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 # %% ../nbs/07_performance.ipynb #ec784210
-def _fuse_all(model: Transformer) -> dict:
-    "{id(module): fused KernelLinear} for each attention whose wq, wk, wv and each feed-forward whose w1, w3 run chapter 11's kernels alike."
+def _float_kernel(layer):
+    "A chapter-11 KernelLinear over a plain fairscale layer's own weight tensor (shared, not copied), or None."
+    from llama_lit.kernels import KernelLinear
+    w = layer._parameters.get("weight")
+    if w is None or w.dim() != 2 or w.device.type != "cpu" or w.shape[1] % 8: return None
+    return KernelLinear("float", *w.shape, weight=w.data)
+
+def _fuse_all(model: Transformer, floats: bool = False) -> dict:
+    "{id(module): KernelLinear}: each attention's wq|wk|wv and each feed-forward's w1|w3 fused, when they run chapter 11's kernels; with floats, plain float matrices too (and wo, w2, output alone)."
     from llama_lit.kernels import KernelLinear, fuse_rows
-    fused = {}
+    out = {}
     for layer in model.layers:
         a, f = layer.attention, layer.feed_forward
         for owner, mods in ((a, (a.wq, a.wk, a.wv)), (f, (f.w1, f.w3))):
-            qls = [getattr(m, "qlinear", None) for m in mods]
-            if all(isinstance(q, KernelLinear) for q in qls):
-                try: fused[id(owner)] = fuse_rows(qls)
-                except ValueError: pass                         # mixed kinds (a GGUF may store wv in more bits)
-    return fused
+            kls = [getattr(m, "qlinear", None) or (_float_kernel(m) if floats else None) for m in mods]
+            if not all(isinstance(k, KernelLinear) for k in kls): continue
+            try: out[id(owner)] = fuse_rows(kls)
+            except ValueError: continue                         # mixed kinds (a GGUF may store wv in more bits)
+            for m, k in zip(mods, kls):                         # a float layer's weight becomes a view of the fused one
+                if "weight" in m._parameters: m.weight.data = k.weight
+        if floats:
+            for m in (a.wo, f.w2): out[id(m)] = _float_kernel(m)
+    if floats: out[id(model.output)] = _float_kernel(model.output)
+    return {k: v for k, v in out.items() if v is not None}
 
 class FastForward:
     "Generation forward over `model`'s own weights and caches: logits of the last position only, SDPA, F.rms_norm, F.linear."
     def __init__(self, model: Transformer, compile: bool = False, last_only: bool = True, sdpa: bool = True,
-                 fused_norm: bool = True, plain_linear: bool = True):
+                 fused_norm: bool = True, plain_linear: bool = True, kernels: bool = False):
         self.model, self.last_only, self.sdpa, self.fused_norm = model, last_only, sdpa, fused_norm
         self.plain_linear = plain_linear and fs_init.get_model_parallel_world_size() == 1
         self.caches = [head_major_cache(layer.attention) for layer in model.layers]
-        self.fused = _fuse_all(model) if self.plain_linear else {}    # chapter 11: wq|wk|wv and w1|w3 as one call each
+        self.fused = _fuse_all(model, floats=kernels) if self.plain_linear else {}   # chapter 11's kernels, per module
         self.cos, self.sin = rope_tables(model.freqs_cis)
         mode = "reduce-overhead" if model.norm.weight.is_cuda else "default"   # on CUDA: replay as a CUDA graph
         self.decode = torch.compile(self._decode_static, dynamic=False, mode=mode) if compile else None
 
     def _linear(self, layer, x):
         "fairscale's parallel linear; on one process just the matmul, without fairscale's autograd.Function around it."
+        if id(layer) in self.fused: return self.fused[id(layer)](x)   # chapter 11: a float matrix in the kernel
         if hasattr(layer, "qlinear"): return layer.qlinear(x)     # chapter 10: a quantized matrix
         return F.linear(x, layer.weight) if self.plain_linear else layer(x)
 

@@ -116,14 +116,18 @@ def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4) -> None:
         raise ValueError(f"a KV cache for max_batch_size={args.max_batch_size} × max_seq_len={args.max_seq_len} needs "
                          f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB; lower --max-seq-len")
 
-def use_kernels(kernels: bool | None, quant: str | None) -> bool:
-    "Whether a quantized model runs chapter 11's kernels: None = where they build (else chapter 10's torch kernels, with a warning), True = must, False = never."
-    if quant is None or kernels is False: return False                # float models: torch's matmuls
+def use_kernels(kernels: bool | None, quant: str | None, device=None, mp: int = 1) -> bool:
+    "Whether the model runs chapter 11's kernels (quantized matrices, and float ones in decode steps on one CPU process): None = where they build, True = must, False = never."
+    if kernels is False: return False
+    if quant is None and (mp > 1 or (device is not None and torch.device(device).type != "cpu")):
+        if kernels: raise ValueError("kernels=True runs chapter 11's CPU kernels on one process; this run is not one")
+        return False                                       # several processes or a GPU: torch's matmuls
     from llama_lit.kernels import load_kernels
     try: load_kernels(); return True
     except RuntimeError as e:
         if kernels: raise
-        warnings.warn(f"{e}; using torch's kernels (chapter 10)", stacklevel=3); return False
+        if quant is not None: warnings.warn(f"{e}; using torch's kernels (chapter 10)", stacklevel=3)
+        return False
 
 def check_quant(quant: str, fmt: str, mp: int, device=None) -> None:
     "Weight-only quantization (chapter 10) runs torch's CPU kernels on one process; 'gguf' needs a GGUF file."
@@ -187,7 +191,7 @@ def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, m
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     if quant is not None: check_quant(quant, fmt, mp, device)
-    kernels = use_kernels(kernels, quant)                  # chapter 11's kernels, where they build
+    kernels = use_kernels(kernels, quant, device, mp)      # chapter 11's kernels, where they build
     if quant == "gguf":                                    # the file's Q4_1/Q4_0/Q8_0 blocks, bits kept (ch. 10, 11)
         _, sd, qlayers = load_gguf_quantized(src, kernels=kernels)
         model = quantized_transformer(args, sd, qlayers, dtype or torch.float32)
@@ -196,7 +200,7 @@ def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, m
         model = build_transformer(args, sd, device, dtype)
         if quant is not None: quantize_model(model, quant, head="int8" if quant == "int4" else None, kernels=kernels)
     model.load_seconds = time.perf_counter() - t0
-    forward = FastForward(model, compile=compile) if fast else None   # fast=False: the path of ch. 03-05
+    forward = FastForward(model, compile=compile, kernels=kernels) if fast else None   # fast=False: the path of ch. 03-05
     return Llama(model, tokenizer, forward=forward)              # compile: torch.compile the decode step (ch. 07)
 
 Llama.build = staticmethod(_build)

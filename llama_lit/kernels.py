@@ -632,6 +632,7 @@ class KernelLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)                                    # (M, in)
         if self.kind == "q4_1": y = q4_1_linear(x2, self.qs, self.d, self.m)
         elif self.kind == "q8_0": y = q8_0_linear(x2, self.qs, self.d)
+        elif self.weight.dtype == torch.float32 and x2.shape[0] > 8: y = F.linear(x2.float(), self.weight)  # a prompt: MKL's GEMM
         else: y = float_linear(x2, self.weight)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
