@@ -495,7 +495,8 @@ def kernel_build_dir() -> Path:
     return Path(_get_build_directory(_kernel_name(), verbose=False))
 
 def _kernel_name() -> str:
-    return "llama_lit_kernels_" + hashlib.sha256((KERNEL_SOURCE + " ".join(_CFLAGS)).encode()).hexdigest()[:12]
+    key = " ".join([KERNEL_SOURCE, *_CFLAGS, torch.__version__])         # a library built against another torch is not reused
+    return "llama_lit_kernels_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 # %% ../nbs/11_cpu_kernels.ipynb #c1eb8a1d
 def load_kernels() -> None:
