@@ -126,14 +126,12 @@ def worker_llama_lit(path, precision, prompt, text, n_new, runs, threads, compil
     import torch
     sys.path.insert(0, str(HERE))
     from generate import llama_lit_runner                     # noqa: E402  (this folder's other benchmark)
-    from llama_lit.fast import FastForward
     from llama_lit.generation import Llama
     torch.set_num_threads(threads)
     mode = dict(LLAMA_LIT_MODE[precision])
     dtype = getattr(torch, mode.pop("dtype"))
-    try: llm = Llama.build(path, max_seq_len=512, max_batch_size=8, dtype=dtype, kernels=kernels, **mode)
+    try: llm = Llama.build(path, max_seq_len=512, max_batch_size=8, dtype=dtype, kernels=kernels, compile=compile_decode, **mode)
     except TypeError as e: return dict(error=f"not available: {e}")
-    if compile_decode: llm.forward = FastForward(llm.model, compile=True)
     res = {}
     for bsz in (1, 8):
         run = llama_lit_runner(llm, torch.device("cpu"))
