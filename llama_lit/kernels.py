@@ -19,6 +19,7 @@ from torch import nn
 from gguf import GGMLQuantizationType
 
 from .gguf import dequantize_tensor, torch_shape
+from .quant import PackedWeights                      # chapter 10: .nbytes, and .to() keeps the formats
 
 # %% auto #0
 __all__ = ['QK', 'KERNEL_SOURCE', 'quantize_activations', 'unpack_q4_1', 'reference_q4_1_linear', 'reference_q8_0_linear',
@@ -595,7 +596,7 @@ def split_q8_0_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
     return b[..., 2:].contiguous().view(torch.int8).reshape(N, K), b[..., 0:2].contiguous().view(torch.float16).reshape(N, -1)
 
 # %% ../nbs/11_cpu_kernels.ipynb #a7c7bce0
-class KernelLinear(nn.Module):
+class KernelLinear(PackedWeights):
     "y = x Wᵀ through this chapter's kernels: W as Q4_1 or Q8_0 blocks (activations in int8 per block of 32) or 16/32-bit floats."
     KINDS = ("q4_1", "q8_0", "float")
 
@@ -644,20 +645,6 @@ class KernelLinear(nn.Module):
         if self.kind == "q8_0": w = blocks(self.qs) * self.d.float()[..., None]
         else: w = blocks(unpack_q4_1(self.qs)) * self.d.float()[..., None] + self.m.float()[..., None]
         return w.reshape(self.out_features, self.in_features)
-
-    @property
-    def nbytes(self) -> int:
-        "Bytes of its tensors."
-        return sum(b.numel() * b.element_size() for b in self.buffers())
-
-    def _apply(self, fn, recurse=True):
-        "model.to(device) moves the tensors; a dtype change (model.float(), .to(torch.bfloat16)) leaves them as they are."
-        before = dict(self._buffers)
-        super()._apply(fn, recurse)
-        for k, old in before.items():
-            new = self._buffers[k]
-            if new is not None and new.dtype != old.dtype: self._buffers[k] = old.to(new.device)
-        return self
 
     def extra_repr(self) -> str:
         dt = f", {self.weight.dtype}" if self.kind == "float" else ""

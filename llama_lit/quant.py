@@ -25,8 +25,8 @@ __all__ = ['INT4_GROUP_SIZES', 'Q8_0_BLOCK', 'Q4_0_BLOCK', 'Q4_1_BLOCK', 'Q8_0_M
            'bits_per_weight', 'weight_bytes', 'round_half_away', 'quantize_int8', 'dequantize_int8', 'quantize_int4',
            'dequantize_int4', 'q4_1_bytes', 'int4_scales_and_zeros', 'pack_int4', 'unpack_int4', 'q4_1_blocks',
            'q4_0_blocks', 'q4_1_blocks_to_int4pack', 'q4_0_blocks_to_int4pack', 'q8_0_blocks_to_int8', 'quantize_q8_0',
-           'q8_0_bytes', 'q8_0_to_int4pack', 'QuantLinear', 'gguf_qlinear', 'quant_linears', 'attach_qlinear',
-           'quantize_model', 'load_gguf_quantized', 'quantized_transformer', 'cpu_has_bf16']
+           'q8_0_bytes', 'q8_0_to_int4pack', 'PackedWeights', 'QuantLinear', 'gguf_qlinear', 'quant_linears',
+           'attach_qlinear', 'quantize_model', 'load_gguf_quantized', 'quantized_transformer', 'cpu_has_bf16']
 
 # %% ../nbs/10_quantization.ipynb #ac338813
 def matmul_shapes(args: ModelArgs) -> list[tuple[int, int]]:
@@ -207,7 +207,23 @@ def q8_0_to_int4pack(q: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, to
 # %% ../nbs/10_quantization.ipynb #ee9a150a
 _FLOATS = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
-class QuantLinear(nn.Module):
+class PackedWeights(nn.Module):
+    "A module whose weights are buffers in formats of their own: .to(device) moves them, a dtype change leaves them be."
+    @property
+    def nbytes(self) -> int:
+        "Bytes of its tensors."
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def _apply(self, fn, recurse=True):
+        "model.to(device) moves the tensors; a dtype change (model.float(), .to(torch.bfloat16)) leaves them as they are."
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for k, old in before.items():
+            new = self._buffers[k]
+            if new is not None and new.dtype != old.dtype: self._buffers[k] = old.to(new.device)
+        return self
+
+class QuantLinear(PackedWeights):
     "y = x Wᵀ with W kept as 'int8' (per channel), 'int4' (per group, Q4_1/Q4_0), 'q8_0' (two int4 halves) for torch's CPU kernels, or 'float' (16/32 bits)."
     KINDS = ("int8", "int4", "q8_0", "float")
 
@@ -282,20 +298,6 @@ class QuantLinear(nn.Module):
         w = ((q.unflatten(1, (-1, self.group_size)) - 8) * scale[..., None] + zero[..., None]).flatten(1)
         if self.kind == "q8_0": w = w[:, :self.in_features] + w[:, self.in_features:]   # high halves + low halves
         return w[:self.out_features].contiguous()
-
-    @property
-    def nbytes(self) -> int:
-        "Bytes of its tensors."
-        return sum(b.numel() * b.element_size() for b in self.buffers())
-
-    def _apply(self, fn, recurse=True):
-        "model.to(device) moves the tensors; a dtype change (model.float(), .to(torch.bfloat16)) leaves them as they are."
-        before = dict(self._buffers)
-        super()._apply(fn, recurse)
-        for k, old in before.items():
-            new = self._buffers[k]
-            if new is not None and new.dtype != old.dtype: self._buffers[k] = old.to(new.device)
-        return self
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.kind == "int4" else ""
