@@ -605,6 +605,7 @@ class KernelLinear(PackedWeights):
         if kind not in self.KINDS: raise ValueError(f"unknown KernelLinear kind {kind!r}; one of {self.KINDS}")
         self.kind, self.out_features, self.in_features = kind, out_features, in_features
         for k, v in buffers.items(): self.register_buffer(k, v)
+        self._matmul(torch.empty(0, in_features))                # every buffer checked once, by the checked wrappers
 
     @classmethod
     def from_q4_1(cls, qs, d, m) -> "KernelLinear":
@@ -631,12 +632,20 @@ class KernelLinear(PackedWeights):
         "x (..., in_features) -> (..., out_features), in x's dtype."
         if x.shape[-1] != self.in_features:
             raise ValueError(f"the input has {x.shape[-1]} features; this layer takes {self.in_features}")
-        x2 = x.reshape(-1, self.in_features)                                    # (M, in)
-        if self.kind == "q4_1": y = q4_1_linear(x2, self.qs, self.d, self.m)
-        elif self.kind == "q8_0": y = q8_0_linear(x2, self.qs, self.d)
-        elif self.weight.dtype == torch.float32 and x2.shape[0] > 8: y = F.linear(x2.float(), self.weight)  # a prompt: MKL's GEMM
-        else: y = float_linear(x2, self.weight)
+        if x.device.type != "cpu": raise ValueError(f"KernelLinear runs on the CPU; the input is on {x.device}")
+        x2 = x.reshape(-1, self.in_features).float().contiguous()             # (M, in)
+        ops = torch.ops.llama_lit                                               # buffers checked in __init__: no re-checks per call
+        if self.kind == "q4_1": y = ops.q4_1_linear(x2, self.qs, self.d, self.m)
+        elif self.kind == "q8_0": y = ops.q8_0_linear(x2, self.qs, self.d)
+        elif self.weight.dtype == torch.float32 and x2.shape[0] > 8: y = F.linear(x2, self.weight)  # a prompt: MKL's GEMM
+        else: y = ops.float_linear(x2, self.weight)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        "x2 (M, in) through the checked wrapper of this kind (loads the kernels; ValueError on a malformed buffer)."
+        if self.kind == "q4_1": return q4_1_linear(x2, self.qs, self.d, self.m)
+        if self.kind == "q8_0": return q8_0_linear(x2, self.qs, self.d)
+        return float_linear(x2, self.weight)
 
     def dequantize(self) -> torch.Tensor:
         "The float32 weight (out, in) the kernel multiplies by."
