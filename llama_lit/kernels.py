@@ -70,6 +70,7 @@ _CPP_COMMON = r"""
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <cstdint>
+#include <type_traits>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -232,6 +233,26 @@ inline void q4_1_rows(const uint8_t* __restrict qs, const uint16_t* __restrict d
 
 constexpr int RT = 4;  // rows per tile
 
+// Calls rows(R, n, i, out) for x row i against output rows n..n+R: R = RT for whole tiles, 1 for the last tile's rows
+// (R an std::integral_constant, a template argument inside); writes out[0..R) to Y; tiles are spread over the threads.
+template <typename Rows>
+void over_row_tiles(int64_t M, int64_t N, int64_t grain, float* Y, Rows rows) {
+  at::parallel_for(0, (N + RT - 1) / RT, grain, [&](int64_t t0, int64_t t1) {
+    float tmp[RT];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t * RT, left = std::min<int64_t>(RT, N - n);
+      for (int64_t i = 0; i < M; ++i) {
+        if (left == RT) {
+          rows(std::integral_constant<int, RT>{}, n, i, tmp);
+          for (int r = 0; r < RT; ++r) Y[i * N + n + r] = tmp[r];
+        } else {
+          for (int64_t r = 0; r < left; ++r) { rows(std::integral_constant<int, 1>{}, n + r, i, tmp); Y[i * N + n + r] = tmp[0]; }
+        }
+      }
+    }
+  });
+}
+
 at::Tensor q4_1_linear(at::Tensor x, at::Tensor qs, at::Tensor d, at::Tensor m) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
               "q4_1_linear: x must be a contiguous CPU float32 (M, K) tensor");
@@ -251,28 +272,9 @@ at::Tensor q4_1_linear(at::Tensor x, at::Tensor qs, at::Tensor d, at::Tensor m) 
   const uint16_t* D = (const uint16_t*)d.data_ptr<at::Half>();
   const uint16_t* Mn = (const uint16_t*)m.data_ptr<at::Half>();
   float* Y = y.data_ptr<float>();
-  const int64_t ntiles = (N + RT - 1) / RT;
-  const int64_t grain = std::max<int64_t>(1, 16384 / (RT * K));
-  at::parallel_for(0, ntiles, grain, [&](int64_t t0, int64_t t1) {
-    float tmp[RT];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t * RT;
-      const int64_t rows = std::min<int64_t>(RT, N - n);
-      for (int64_t i = 0; i < M; ++i) {
-        const int8_t* qy = qx.q.data() + i * K;
-        const float* dy = qx.d.data() + i * nb;
-        const float* sy = qx.s.data() + i * nb;
-        if (rows == RT) {
-          q4_1_rows<RT>(Q + n * (K / 2), D + n * nb, Mn + n * nb, K, qy, dy, sy, tmp);
-          for (int r = 0; r < RT; ++r) Y[i * N + n + r] = tmp[r];
-        } else {
-          for (int64_t r = 0; r < rows; ++r) {
-            q4_1_rows<1>(Q + (n + r) * (K / 2), D + (n + r) * nb, Mn + (n + r) * nb, K, qy, dy, sy, tmp);
-            Y[i * N + n + r] = tmp[0];
-          }
-        }
-      }
-    }
+  over_row_tiles(M, N, std::max<int64_t>(1, 16384 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
+    q4_1_rows<decltype(R)::value>(Q + n * (K / 2), D + n * nb, Mn + n * nb, K, qx.q.data() + i * K,
+                                  qx.d.data() + i * nb, qx.s.data() + i * nb, out);
   });
   return y;
 }
@@ -334,27 +336,8 @@ at::Tensor q8_0_linear(at::Tensor x, at::Tensor qs, at::Tensor d) {
   const int8_t* Q = qs.data_ptr<int8_t>();
   const uint16_t* D = (const uint16_t*)d.data_ptr<at::Half>();
   float* Y = y.data_ptr<float>();
-  const int64_t ntiles = (N + RT - 1) / RT;
-  const int64_t grain = std::max<int64_t>(1, 8192 / (RT * K));
-  at::parallel_for(0, ntiles, grain, [&](int64_t t0, int64_t t1) {
-    float tmp[RT];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t * RT;
-      const int64_t rows = std::min<int64_t>(RT, N - n);
-      for (int64_t i = 0; i < M; ++i) {
-        const int8_t* qy = qx.q.data() + i * K;
-        const float* dy = qx.d.data() + i * nb;
-        if (rows == RT) {
-          q8_0_rows<RT>(Q + n * K, D + n * nb, K, qy, dy, tmp);
-          for (int r = 0; r < RT; ++r) Y[i * N + n + r] = tmp[r];
-        } else {
-          for (int64_t r = 0; r < rows; ++r) {
-            q8_0_rows<1>(Q + (n + r) * K, D + (n + r) * nb, K, qy, dy, tmp);
-            Y[i * N + n + r] = tmp[0];
-          }
-        }
-      }
-    }
+  over_row_tiles(M, N, std::max<int64_t>(1, 8192 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
+    q8_0_rows<decltype(R)::value>(Q + n * K, D + n * nb, K, qx.q.data() + i * K, qx.d.data() + i * nb, out);
   });
   return y;
 }
@@ -391,21 +374,8 @@ inline void wf_rows(const W* __restrict w, int64_t K, const float* __restrict x,
 
 template <typename W>
 void wf_linear_impl(const float* X, const W* Wt, float* Y, int64_t M, int64_t N, int64_t K) {
-  const int64_t ntiles = (N + RT - 1) / RT;
-  const int64_t grain = std::max<int64_t>(1, 8192 / (RT * K));
-  at::parallel_for(0, ntiles, grain, [&](int64_t t0, int64_t t1) {
-    float tmp[RT];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t * RT, rows = std::min<int64_t>(RT, N - n);
-      for (int64_t i = 0; i < M; ++i) {
-        if (rows == RT) {
-          wf_rows<W, RT>(Wt + n * K, K, X + i * K, tmp);
-          for (int r = 0; r < RT; ++r) Y[i * N + n + r] = tmp[r];
-        } else {
-          for (int64_t r = 0; r < rows; ++r) { wf_rows<W, 1>(Wt + (n + r) * K, K, X + i * K, tmp); Y[i * N + n + r] = tmp[0]; }
-        }
-      }
-    }
+  over_row_tiles(M, N, std::max<int64_t>(1, 8192 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
+    wf_rows<W, decltype(R)::value>(Wt + n * K, K, X + i * K, out);
   });
 }
 
