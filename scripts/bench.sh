@@ -3,6 +3,8 @@
 # `bash scripts/bench.sh --gguf [ARGS]`: bench/gguf_cpu.py (the real SmolLM2 GGUF: llama_lit against llama.cpp and
 # transformers at F32, BF16, Q8_0 and Q4_1). Sets up the environment first; --gguf also builds llama-cpp-python from
 # its source distribution the first time (about 10 minutes on 2 cores; never done by the tests or CI).
+# On a GPU, bench/generate.py defaults to the Llama-2-7B shape in bfloat16 (--quant int8|int4, --compile for CUDA
+# graphs); scripts/gpu_check.sh is the prepared one-command GPU run (environment, tests, NCCL, bf16/int8/int4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -39,5 +39,15 @@ if ! { command -v chromium && command -v chromedriver; } >/dev/null; then
   fi
 fi
 
+# torch picks its CPU kernels (and the int4 packing layout) by the CPU's vector width: run the quantization and
+# kernel tests once more under each lower capability this CPU allows (the full run below uses the native one).
+native=$("$bin/python" -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')
+case "$native" in avx512) lower="avx2 default" ;; avx2) lower="default" ;; *) lower="" ;; esac
+for cap in $lower; do
+  echo "== quantization and kernel tests under ATEN_CPU_CAPABILITY=$cap (native: $native)"
+  ATEN_CPU_CAPABILITY=$cap "$bin/python" -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_kernels.py
+  ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/10_quantization.ipynb
+done
+
 echo "== pytest"
 "$bin/python" -m pytest -q tests
