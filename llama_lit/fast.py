@@ -9,7 +9,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.distributed._functional_collectives as funcol
 import fairscale.nn.model_parallel.initialize as fs_init
+from fairscale.nn.model_parallel.layers import RowParallelLinear, VocabParallelEmbedding
 
 from .attention import Attention, ModelArgs, kv_cache_bytes, repeat_kv
 from .model import Transformer, count_params
@@ -89,23 +91,48 @@ class FastForward:
     def __init__(self, model: Transformer, compile: bool = False, last_only: bool = True, sdpa: bool = True,
                  fused_norm: bool = True, plain_linear: bool = True, kernels: bool = False):
         self.model, self.last_only, self.sdpa, self.fused_norm = model, last_only, sdpa, fused_norm
-        self.plain_linear = plain_linear and fs_init.get_model_parallel_world_size() == 1
+        mp = fs_init.get_model_parallel_world_size()
+        self.plain_linear = plain_linear and mp == 1
+        self.tp_group = fs_init.get_model_parallel_group().group_name if plain_linear and mp > 1 else None   # functional collectives
         self.caches = [head_major_cache(layer.attention) for layer in model.layers]
         self.fused = _fuse_all(model, floats=kernels) if self.plain_linear else {}   # chapter 11's kernels, per module
         self.cos, self.sin = rope_tables(model.freqs_cis)
+        self._mark_static()
         mode = "reduce-overhead" if model.norm.weight.is_cuda else "default"   # on CUDA: replay as a CUDA graph
         self.decode = torch.compile(self._decode_static, dynamic=False, mode=mode) if compile else None
 
     def _linear(self, layer, x):
-        "fairscale's parallel linear; on one process just the matmul, without fairscale's autograd.Function around it."
+        "fairscale's parallel linear; on one process just the matmul, on several the same math with functional collectives."
         if id(layer) in self.fused: return self.fused[id(layer)](x)   # chapter 11: a float matrix in the kernel
         if hasattr(layer, "qlinear"): return layer.qlinear(x)     # chapter 10: a quantized matrix
-        return F.linear(x, layer.weight) if self.plain_linear else layer(x)
+        if self.plain_linear: return F.linear(x, layer.weight)
+        if self.tp_group is None: return layer(x)                 # fairscale's modules (plain_linear=False)
+        if isinstance(layer, RowParallelLinear):                  # input split by columns: partial sums, all-reduced
+            y = self._all_reduce(F.linear(x, layer.weight))
+            return y if layer.bias is None else y + layer.bias
+        y = F.linear(x, layer.weight, layer.bias)                 # ColumnParallelLinear: this rank's output rows
+        return self._all_gather(y) if layer.gather_output else y
+
+    def _all_reduce(self, x):
+        "Sum of x over the model-parallel ranks, as a functional collective (one op in torch.compile's graph)."
+        return funcol.wait_tensor(torch.ops._c10d_functional.all_reduce(x, "sum", self.tp_group))
+
+    def _all_gather(self, x):
+        "Every rank's x joined along the last dimension, in rank order (fairscale's `gather_from_model_parallel_region`)."
+        n = fs_init.get_model_parallel_world_size()
+        g = funcol.wait_tensor(torch.ops._c10d_functional.all_gather_into_tensor(x.contiguous(), n, self.tp_group))
+        return torch.cat(g.chunk(n, dim=0), dim=-1)               # (n * d0, ..., d) -> (d0, ..., n * d)
 
     def _embed(self, tokens):
         "Rows of the embedding table; on one process a plain lookup (fairscale's wrapper breaks torch.compile's graph)."
         emb = self.model.tok_embeddings
-        return F.embedding(tokens, emb.weight) if self.plain_linear else emb(tokens)
+        if self.plain_linear: return F.embedding(tokens, emb.weight)
+        if self.tp_group is None: return emb(tokens)
+        if isinstance(emb, VocabParallelEmbedding):               # rows split by token id: others' tokens give zeros
+            outside = (tokens < emb.vocab_start_index) | (tokens >= emb.vocab_end_index)
+            h = F.embedding((tokens - emb.vocab_start_index).masked_fill(outside, 0), emb.weight)
+            return self._all_reduce(h.masked_fill(outside[..., None], 0.0))
+        return self._all_gather(F.embedding(tokens, emb.weight))  # ParallelEmbedding: columns split by dim
 
     def _norm(self, norm, x):
         "RMSNorm as chapter 01 defines it (statistics in float32); with fused_norm, as one F.rms_norm call."
@@ -125,10 +152,19 @@ class FastForward:
             raise ValueError(f"positions up to {start_pos + seqlen} exceed max_seq_len={p.max_seq_len}")
         if bsz > p.max_batch_size:
             raise ValueError(f"batch of {bsz} exceeds max_batch_size={p.max_batch_size}")
-        if self.caches[0][0].data_ptr() != self.model.layers[0].attention.cache_k.data_ptr():   # model moved since
-            self.caches = [head_major_cache(layer.attention) for layer in self.model.layers]
+        moved = self.caches[0][0].data_ptr() != self.model.layers[0].attention.cache_k.data_ptr()   # model moved since
+        if moved: self.caches = [head_major_cache(layer.attention) for layer in self.model.layers]
         if self.cos.device != tokens.device:
-            self.cos, self.sin = self.cos.to(tokens.device), self.sin.to(tokens.device)
+            self.cos, self.sin, moved = self.cos.to(tokens.device), self.sin.to(tokens.device), True
+        if moved: self._mark_static()
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        "The tensors a compiled decode step writes in place or reads, that keep their address: every layer's K and V cache, the cos and sin tables."
+        return [t for kv in self.caches for t in kv] + [self.cos, self.sin]
+
+    def _mark_static(self):
+        "Mark `static_tensors()` with torch._dynamo.mark_static_address, so CUDA graphs (mode reduce-overhead) accept the in-place cache writes."
+        for t in self.static_tensors(): torch._dynamo.mark_static_address(t)
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:

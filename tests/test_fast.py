@@ -60,3 +60,49 @@ def test_benchmark_script_runs_and_ends_with_the_ratio():
 def test_benchmark_refuses_bad_arguments():
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "generate.py"), "--batches", "8"], capture_output=True, text=True)
     assert r.returncode == 2 and "must include 1" in r.stderr
+
+
+def small_model(**kw):
+    torch.manual_seed(0)
+    return Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32,
+                                 max_batch_size=2, max_seq_len=32, **kw)).eval()
+
+
+def static_type(t):
+    return getattr(t, "_dynamo_static_input_type", None)             # what torch._dynamo.mark_static_address sets
+
+
+def test_caches_and_rope_tables_are_marked_static_and_remarked_after_a_move():
+    m = small_model()
+    ff = FastForward(m)
+    st = ff.static_tensors()
+    assert len(st) == 2 * m.params.n_layers + 2                        # K and V per layer, cos, sin
+    assert all(static_type(t) for t in st)
+    assert st[0] is ff.caches[0][0] and st[-2] is ff.cos and st[-1] is ff.sin
+    m.double()                                                          # new cache storage: FastForward re-creates its views
+    with torch.inference_mode():
+        ff(torch.tensor([[1, 2, 3]]), 0)
+    assert ff.caches[0][0].data_ptr() == m.layers[0].attention.cache_k.data_ptr()
+    assert ff.caches[0][0].dtype == torch.float64
+    assert all(static_type(t) for t in ff.static_tensors())
+
+
+def test_compiled_step_mutates_only_static_inputs():
+    "CUDA graphs (mode reduce-overhead) skip a graph that writes in place into an input not marked static: check the graph dynamo hands its backend."
+    import operator
+    m = small_model()
+    ff = FastForward(m)
+    graphs = []
+    def backend(gm, example_inputs):
+        graphs.append(gm); return gm
+    step = torch.compile(ff._decode_static, backend=backend, dynamic=False)
+    with torch.inference_mode():
+        ff(torch.tensor([[1, 2, 3], [4, 5, 6]]), 0)
+        step(torch.tensor([[7], [8]]), torch.tensor([3]), 32)
+    assert len(graphs) == 1                                            # one graph, no break
+    inputs = list(graphs[0].graph.find_nodes(op="placeholder"))
+    mutated = [n for n in inputs if any(u.target is operator.setitem and u.args[0] is n for u in n.users)]
+    assert len(mutated) == 2 * m.params.n_layers                       # every layer's K and V cache, written in place
+    static = {n.name for n in inputs if n.meta.get("tensor_dict", {}).get("_dynamo_static_input_type")}
+    assert all(n.name in static for n in mutated)
+    assert {n.name for n in inputs} - static == {"l_tokens_", "l_pos_"}   # only the step's own inputs get copied
