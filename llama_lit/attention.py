@@ -22,8 +22,8 @@ from fairscale.nn.model_parallel.layers import ColumnParallelLinear, RowParallel
 from .rope import apply_rotary_emb, precompute_freqs_cis
 
 # %% auto #0
-__all__ = ['LLAMA_CONFIGS', 'ModelArgs', 'dist_timeout', 'dist_context', 'init_model_parallel', 'causal_mask', 'repeat_kv',
-           'no_weight_init', 'Attention', 'kv_cache_bytes']
+__all__ = ['LLAMA_CONFIGS', 'ModelArgs', 'dist_timeout', 'dist_context', 'local_cuda_device', 'init_model_parallel',
+           'causal_mask', 'repeat_kv', 'no_weight_init', 'meta_init', 'Attention', 'kv_cache_bytes']
 
 # %% ../nbs/03_attention_kvcache.ipynb #9de8ce20
 @dataclass
@@ -133,15 +133,26 @@ def _groups_time_out(seconds: float):
     try: yield
     finally: dist.new_group = new_group
 
-def init_model_parallel(model_parallel_size: int | None = None) -> int:
-    "Set up torch.distributed and fairscale's model-parallel group if needed; return the model-parallel size."
+def local_cuda_device() -> int:
+    "This process's GPU index: LOCAL_RANK when the process sees all of the machine's GPUs, 0 when it sees one (CUDA_VISIBLE_DEVICES set per rank)."
+    n, local = torch.cuda.device_count(), int(os.environ.get("LOCAL_RANK", 0))
+    if n == 1: return 0
+    if not 0 <= local < n:
+        raise ValueError(f"LOCAL_RANK={local} but this process sees {n} GPUs; start at most {n} processes per machine, "
+                         "or give each process its own GPU with CUDA_VISIBLE_DEVICES")
+    return local
+
+def init_model_parallel(model_parallel_size: int | None = None, device=None) -> int:
+    "Set up torch.distributed (NCCL for CUDA tensors, gloo for CPU ones) and fairscale's model-parallel group if needed; return the model-parallel size. `device`: where the model will live (None: CUDA when available)."
     if not dist.is_initialized():
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:            # started by torchrun
-            use_cuda = torch.cuda.is_available()
-            if use_cuda: torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            cuda = torch.cuda.is_available()
+            device = torch.device(device if device is not None else ("cuda" if cuda else "cpu"))
+            if device.type == "cuda":                                       # this rank's GPU, before any CUDA tensor
+                torch.cuda.set_device(device.index if device.index is not None else local_cuda_device())
             timeout = datetime.timedelta(seconds=dist_timeout())
-            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
-            if not use_cuda and dist.get_world_size() > 1:                  # names the ranks that never arrive
+            dist.init_process_group("cuda:nccl,cpu:gloo" if cuda else "gloo", timeout=timeout)
+            if not cuda and dist.get_world_size() > 1:                      # names the ranks that never arrive
                 dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
         else:                                                               # plain python / notebook
             dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -188,6 +199,21 @@ def no_weight_init():
     _INIT_WEIGHTS.append(False)
     try: yield
     finally: _INIT_WEIGHTS.pop()
+
+class _MetaTorch:
+    "What fairscale's layers module sees as `torch` inside meta_init: torch itself, but `torch.Tensor(*size)` on meta."
+    def __getattr__(self, name): return getattr(torch, name)
+    @staticmethod
+    def Tensor(*size): return torch.empty(*size, device="meta")
+
+@contextlib.contextmanager
+def meta_init():
+    "Build modules on the meta device (shapes, no memory) and draw no weights: for a model whose every tensor is about to be assigned."
+    import fairscale.nn.model_parallel.layers as fs_layers
+    fs_layers.torch = _MetaTorch()           # its Parameter(torch.Tensor(rows, cols)) ignores torch.device("meta")
+    try:
+        with torch.device("meta"), no_weight_init(): yield
+    finally: fs_layers.torch = torch
 
 # %% ../nbs/03_attention_kvcache.ipynb #1da974cb
 class Attention(nn.Module):

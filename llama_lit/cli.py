@@ -97,15 +97,16 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="divide the positive logits (multiply the negative) of tokens already in the text by this; "
                         "1.0 = off, 1.2-1.3 stops greedy loops")
-    p.add_argument("--seed", type=int, default=1, help="random seed (the same on every rank)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (rank 0's is used on every rank)")
     p.add_argument("--quant", choices=["int8", "int4", "gguf"], default=None,
-                   help="weight-only quantization on the CPU (chapter 10): int8 per channel, int4 in groups of 32, or "
-                        "gguf: a GGUF file's own Q4_1/Q4_0/Q8_0 blocks kept as they are")
+                   help="weight-only quantization (chapter 10), with torch's kernels for the model's device (CPU or "
+                        "CUDA): int8 per channel, int4 in groups of 32, or gguf: a GGUF file's own Q4_1/Q4_0/Q8_0 "
+                        "blocks kept as they are")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (chapter 07): slower to start, faster per token")
     p.add_argument("--kernels", choices=["auto", "on", "off"], default="auto",
-                   help="llama_lit's AVX2 kernels for the matrices on one CPU process (chapter 11; compiled once on "
-                        "first use), or torch's (off); auto uses them where they build")
+                   help="llama_lit's CPU kernels for the matrices on one CPU process (chapter 11; compiled once on "
+                        "first use; never on a GPU), or torch's (off); auto uses them where they build")
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter

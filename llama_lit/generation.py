@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Iterator, TypedDict
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import fairscale.nn.model_parallel.initialize as fs_init
 
 from .tokenizer import PKG_DIR, Tokenizer, find_tokenizer
-from .attention import ModelArgs, init_model_parallel, kv_cache_bytes, no_weight_init
+from .attention import ModelArgs, init_model_parallel, kv_cache_bytes, meta_init
 from .model import Transformer, tie_state_dict
+from .rope import precompute_freqs_cis
 from .checkpoint import (check_model_files, check_parallel_sizes, checkpoint_format, embedding_layout,
                                   load_model_shard, open_checkpoint, read_model_params)
 from .fast import FastForward
@@ -27,19 +29,20 @@ from .quant import load_gguf_quantized, quantize_model, quantized_transformer
 # %% auto #0
 __all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'sample_top_p',
            'check_sampling', 'apply_top_k', 'apply_repetition_penalty', 'next_token', 'default_device_dtype',
-           'all_finite', 'build_transformer', 'check_cache_fits', 'use_kernels', 'check_quant',
+           'all_finite', 'build_transformer', 'check_cache_fits', 'use_kernels', 'check_quant', 'shared_seed',
            'default_checkpoint_dir', 'Llama', 'CompletionPrediction', 'Message', 'format_dialog_llama2',
            'format_dialog_llama3', 'render_chat_template', 'chat_format', 'format_dialog', 'is_unsafe',
            'ChatPrediction', 'IncrementalDecoder']
 
 # %% ../nbs/05_generation.ipynb #1ac741c3
 def sample_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
-    "Sample one token per row of `probs` (bsz, vocab) from its top-p nucleus; returns (bsz, 1) token ids."
+    "Sample one token per row of `probs` (bsz, vocab) from its top-p nucleus (p >= 1: every token); returns (bsz, 1) token ids."
     probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
-    probs_sum = torch.cumsum(probs_sort, dim=-1)
-    mask = probs_sum - probs_sort > p                       # mass strictly before this token already exceeds p
-    probs_sort[mask] = 0.0
-    probs_sort.div_(probs_sort.sum(dim=-1, keepdim=True))
+    if p < 1:                                               # p >= 1 is off: a float32 prefix sum can pass 1.0
+        probs_sum = torch.cumsum(probs_sort, dim=-1)
+        mask = probs_sum - probs_sort > p                   # mass strictly before this token already exceeds p
+        probs_sort = probs_sort.masked_fill(mask, 0.0)      # not probs_sort[mask] = 0: no nonzero(), no GPU sync
+    probs_sort = probs_sort / probs_sort.sum(dim=-1, keepdim=True)
     next_token = torch.multinomial(probs_sort, num_samples=1)
     return torch.gather(probs_idx, -1, next_token)
 
@@ -83,44 +86,57 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: in
     return torch.argmax(logits, dim=-1)                  # greedy: top-k cannot change the argmax
 
 # %% ../nbs/05_generation.ipynb #f3e1f9c3
-def default_device_dtype() -> tuple[torch.device, torch.dtype]:
-    "CUDA with bfloat16 (float16 if bf16 is unsupported) when available, else CPU float32."
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device()), (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return torch.device("cpu"), torch.float32
+def default_device_dtype(device=None) -> tuple[torch.device, torch.dtype]:
+    "`device` (None: CUDA when available, else the CPU; a bare 'cuda' is the current GPU) and its dtype: bfloat16 on a GPU that computes in it natively, else float16; float32 elsewhere."
+    if device is None: device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type != "cuda": return device, torch.float32
+    if device.index is None: device = torch.device("cuda", torch.cuda.current_device())
+    return device, (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16)
 
 def all_finite(t: torch.Tensor) -> bool:
     "No NaN or infinity in `t`: its sum in float64 is finite exactly then (float32 values cannot overflow it), one fast pass."
     return bool(torch.isfinite(t.sum(dtype=torch.float64)))
 
 def build_transformer(args: ModelArgs, state_dict: dict, device=None, dtype=None) -> Transformer:
-    "A Transformer holding `state_dict` (this rank's shard) on `device`/`dtype`, without random initialisation."
-    dev, dt = default_device_dtype()
-    device, dtype = device or dev, dtype or dt
-    with no_weight_init():                                   # no random numbers for weights about to be replaced
-        model = Transformer(args)
+    "A Transformer holding `state_dict` (this rank's shard) on `device`/`dtype`: built on the meta device, the loaded tensors assigned, the caches made where they live."
+    device, default_dtype = default_device_dtype(device)
+    dtype = dtype or default_dtype
     state_dict = tie_state_dict(state_dict, args.tie_word_embeddings)   # a tied model's head is its embedding
     for k, v in state_dict.items():                               # a diverged training run saves NaNs: refuse them
         if v.is_floating_point() and not all_finite(v):
             raise ValueError(f"the checkpoint's {k} holds NaN or infinite values; it cannot generate anything")
+    with meta_init(): model = Transformer(args)                  # shapes only: not one weight is allocated
     model.load_state_dict(state_dict, strict=True, assign=True)   # take the loaded tensors as they are
     model.tie_weights()                                          # one tensor again, before .to() below
-    model.freqs_cis = model.freqs_cis.to(device)                 # a plain attribute: .to() below does not move it
-    return model.to(device=device, dtype=dtype).eval()
+    for layer in model.layers:                                   # the caches (not in the checkpoint): made in place
+        attn = layer.attention
+        attn.cache_k = torch.zeros(attn.cache_k.shape, device=device, dtype=dtype)
+        attn.cache_v = torch.zeros(attn.cache_v.shape, device=device, dtype=dtype)
+    model.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len * 2, args.rope_theta,
+                                           args.rope_scaling()).to(device)   # complex64, computed on the CPU as always
+    return model.to(device=device, dtype=dtype).eval()           # the plain attribute freqs_cis keeps its dtype
 
-def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4) -> None:
-    "Refuse a KV cache (max_batch_size × max_seq_len) larger than this machine's memory, before allocating it."
-    need = kv_cache_bytes(args, args.max_seq_len, args.max_batch_size, bytes_per_value)
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4, device=None, mp: int = 1) -> None:
+    "Refuse a KV cache (max_batch_size × max_seq_len, this rank's 1/mp of the heads) larger than the memory it goes to: the GPU's free memory on CUDA, else the machine's, before allocating it."
+    need = kv_cache_bytes(args, args.max_seq_len, args.max_batch_size, bytes_per_value) // mp
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda":
+        have, where = torch.cuda.mem_get_info(device)[0], f"the free memory of GPU {device}"
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+        where = "this machine's memory"
     if have and need > have:
         raise ValueError(f"a KV cache for max_batch_size={args.max_batch_size} × max_seq_len={args.max_seq_len} needs "
-                         f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB; lower --max-seq-len")
+                         f"{need / 2**30:.3g} GiB per process, more than {where} ({have / 2**30:.3g} GiB); lower --max-seq-len")
 
 def use_kernels(kernels: bool | None, quant: str | None, device=None, mp: int = 1) -> bool:
-    "Whether the model runs chapter 11's kernels (quantized matrices, and float ones in decode steps on one CPU process): None = where they build, True = must, False = never."
+    "Whether the model runs chapter 11's kernels (quantized matrices, and float ones in decode steps on one CPU process): None = where they build, True = must, False = never. They are CPU kernels: never built for a GPU run."
     if kernels is False: return False
-    if quant is None and (mp > 1 or (device is not None and torch.device(device).type != "cpu")):
-        if kernels: raise ValueError("kernels=True runs chapter 11's CPU kernels on one process; this run is not one")
+    device = default_device_dtype(device)[0]                     # None: where the model goes, CUDA when present
+    if mp > 1 or device.type != "cpu":
+        if kernels: raise ValueError(f"kernels=True runs chapter 11's CPU kernels on one process; this run has "
+                                     f"{mp} process(es) on {device}")
         return False                                       # several processes or a GPU: torch's matmuls
     from llama_lit.kernels import load_kernels
     try: load_kernels(); return True
@@ -130,12 +146,20 @@ def use_kernels(kernels: bool | None, quant: str | None, device=None, mp: int = 
         return False
 
 def check_quant(quant: str, fmt: str, mp: int, device=None) -> None:
-    "Weight-only quantization (chapter 10) runs torch's CPU kernels on one process; 'gguf' needs a GGUF file."
+    "Weight-only quantization (chapter 10) runs torch's CPU or CUDA kernels on one process; 'gguf' needs a GGUF file."
     if mp > 1: raise ValueError(f"quant={quant!r} runs on one process; this run has {mp} model-parallel processes")
-    if device is not None and torch.device(device).type != "cpu":
-        raise ValueError(f"quant={quant!r} uses torch's CPU kernels; got device {device}")
+    device = default_device_dtype(device)[0]
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"quant={quant!r} uses torch's CPU or CUDA kernels; got device {device}")
     if quant == "gguf" and fmt != "gguf":
         raise ValueError("quant='gguf' keeps a GGUF file's own quantized blocks; for this checkpoint use 'int8' or 'int4'")
+
+def shared_seed(seed: int) -> int:
+    "Rank 0's seed on every rank of the model-parallel group (the seed itself on one process)."
+    if not dist.is_initialized() or fs_init.get_model_parallel_world_size() == 1: return seed
+    box = [seed]
+    dist.broadcast_object_list(box, src=fs_init.get_model_parallel_src_rank(), group=fs_init.get_model_parallel_group())
+    return box[0]
 
 # %% ../nbs/05_generation.ipynb #fc8056cb
 @dataclass
@@ -185,20 +209,24 @@ def _build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, m
                          f"has {tokenizer.n_words} tokens; use the tokenizer the model was trained with")
     args.vocab_parallel_embedding = embedding_layout(params, ckpt_dir if fmt == "meta" else None)
     check_model_files(src, args)                    # shapes on disk against params, before any allocation
-    check_cache_fits(args)
-    mp = init_model_parallel(model_parallel_size)
+    want = torch.device(device) if device is not None else None
+    mp = init_model_parallel(model_parallel_size, device=want)   # the backend, and on CUDA this rank's GPU
+    device, default_dtype = default_device_dtype(want)     # resolved once, before anything depends on it
+    dtype = dtype or default_dtype
+    check_cache_fits(args, dtype.itemsize, device, mp)     # in the memory it will take: the GPU's on CUDA
     check_parallel_sizes(args, mp)
-    torch.manual_seed(seed)
+    torch.manual_seed(shared_seed(seed))                   # rank 0's: tensor-parallel ranks must sample alike
     t0 = time.perf_counter()
     if quant is not None: check_quant(quant, fmt, mp, device)
-    kernels = use_kernels(kernels, quant, device, mp)      # chapter 11's kernels, where they build
+    kernels = use_kernels(kernels, quant, device, mp)      # chapter 11's CPU kernels, where they build; never on a GPU
     if quant == "gguf":                                    # the file's Q4_1/Q4_0/Q8_0 blocks, bits kept (ch. 10, 11)
-        _, sd, qlayers = load_gguf_quantized(src, kernels=kernels)
-        model = quantized_transformer(args, sd, qlayers, dtype or torch.float32)
+        _, sd, qlayers = load_gguf_quantized(src, kernels=kernels, device=device)
+        model = quantized_transformer(args, sd, qlayers, dtype, device=device)
     else:
         sd = load_model_shard(src, params, fs_init.get_model_parallel_rank(), mp, args.vocab_parallel_embedding)
         model = build_transformer(args, sd, device, dtype)
-        if quant is not None: quantize_model(model, quant, head="int8" if quant == "int4" else None, kernels=kernels)
+        if quant is not None:                              # packed on the weights' device, for its kernels
+            quantize_model(model, quant, head="int8" if quant == "int4" else None, kernels=kernels)
     model.load_seconds = time.perf_counter() - t0
     forward = FastForward(model, compile=compile, kernels=kernels) if fast else None   # fast=False: the path of ch. 03-05
     return Llama(model, tokenizer, forward=forward)              # compile: torch.compile the decode step (ch. 07)
