@@ -497,9 +497,27 @@ def load_model_shard(path, params: dict, rank: int = 0, world: int = 1, vocab_pa
     "This rank's Meta-named state dict from a checkpoint in any format, checked against `params`."
     fmt = checkpoint_format(path)
     if fmt == "meta": return load_shard(path, rank, world, vocab_parallel)
-    if fmt == "hf": full = convert_hf_state_dict(_load_hf_state_dict(Path(path)), params)
-    else:
-        from llama_lit.gguf import load_gguf
-        full = load_gguf(path, dtype=dtype or torch.float32)[1]
+    if fmt == "gguf": return _load_gguf_shard(path, params, rank, world, vocab_parallel, dtype or torch.float32)
+    full = convert_hf_state_dict(_load_hf_state_dict(Path(path)), params)
     check_state_dict(full, ModelArgs.from_params(params), str(path))
     return split_state_dict(full, world, rank, vocab_parallel)
+
+def _load_gguf_shard(path, params: dict, rank: int, world: int, vocab_parallel: bool, dtype) -> dict:
+    "A GGUF file's shard for this rank: each tensor's slice dequantized from its own blocks (chapter 09), never the whole model."
+    from llama_lit.gguf import dequantize_shard, gguf_to_meta_name, open_gguf, torch_shape
+    from llama_lit.model import expected_keys
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a torch floating-point dtype, got {dtype!r}")
+    reader = open_gguf(path)
+    tensors = {gguf_to_meta_name(t.name): t for t in reader.tensors if t.name != "rope_freqs.weight"}
+    check_state_dict({k: torch_shape(t) for k, t in tensors.items()}, ModelArgs.from_params(params), str(path))
+    tied = "output.weight" not in tensors
+    if tied: tensors["output.weight"] = tensors["tok_embeddings.weight"]   # the output matrix is the embedding's bytes
+    dims = {k: split_dim(k, vocab_parallel) for k in tensors}
+    for k, d in dims.items():                                             # every check before the first dequantization
+        if d is not None and torch_shape(tensors[k])[d] % world:
+            raise ValueError(f"{k} has {torch_shape(tensors[k])[d]} rows/columns along dim {d}, not divisible by {world} processes")
+    share = tied and (world == 1 or vocab_parallel)                       # then output and embedding are one shard
+    sd = {k: dequantize_shard(t, dims[k], rank, world, dtype) for k, t in tensors.items() if not (share and k == "output.weight")}
+    if share: sd["output.weight"] = sd["tok_embeddings.weight"]
+    return {k: sd[k] for k in expected_keys(params["n_layers"])}

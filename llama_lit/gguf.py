@@ -23,7 +23,7 @@ from .rope import llama3_scale_freqs
 # %% auto #0
 __all__ = ['SMOLLM2_FILE', 'SUPPORTED_TYPES', 'TORCH_DEQUANTIZERS', 'smollm2_path', 'GGUFTensor', 'GGUFFile', 'open_gguf',
            'gguf_value', 'torch_shape', 'dequantize_tensor', 'gguf_to_meta_name', 'read_gguf_params',
-           'llama3_rope_divisors', 'rope_scaling_from_divisors', 'load_gguf']
+           'llama3_rope_divisors', 'rope_scaling_from_divisors', 'load_gguf', 'gguf_slice', 'dequantize_shard']
 
 # %% ../nbs/09_gguf.ipynb #ff194c02
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -385,3 +385,36 @@ def load_gguf(path, dtype: torch.dtype = torch.float32) -> tuple[dict, dict]:
     sd = {gguf_to_meta_name(t.name): dequantize_tensor(t, dtype) for t in reader.tensors if t.name != "rope_freqs.weight"}
     if params["tie_word_embeddings"]: sd["output.weight"] = sd["tok_embeddings.weight"]
     return params, {k: sd[k] for k in expected_keys(params["n_layers"])}
+
+# %% ../nbs/09_gguf.ipynb #e7c9b412
+def gguf_slice(t, dim: int, start: int, stop: int) -> GGUFTensor:
+    "Rows (dim 0) or columns (dim 1) start:stop of a 2-D GGUF tensor, as a GGUFTensor over the same bytes (a view); columns must fall on block boundaries."
+    shape = torch_shape(t)
+    if len(shape) != 2 or dim not in (0, 1) or not 0 <= start < stop <= shape[dim]:
+        raise ValueError(f"{t.name}: cannot take {start}:{stop} along dim {dim} of shape {shape}")
+    block, size = GGML_QUANT_SIZES[t.tensor_type]
+    data = np.asarray(t.data).view(np.uint8).reshape(shape[0], -1)      # (rows, bytes per row)
+    if dim == 0: data, ne = data[start:stop], (shape[1], stop - start)
+    else:
+        if start % block or stop % block:
+            raise ValueError(f"{t.name}: columns {start}:{stop} split {t.tensor_type.name} blocks of {block} weights")
+        data, ne = data[:, start // block * size : stop // block * size], (stop - start, shape[0])
+    n = ne[0] * ne[1]
+    return GGUFTensor(t.name, t.tensor_type, ne, n, n // block * size, t.data_offset, data)
+
+def dequantize_shard(t, dim: int | None, rank: int, world: int, dtype: torch.dtype = torch.float32,
+                     chunk_rows: int = 256) -> torch.Tensor:
+    "Part `rank` of `world` of a GGUF tensor along `dim` (None: all of it), fairscale's even split, dequantized from its own bytes only."
+    shape = torch_shape(t)
+    if dim is None or world == 1: return dequantize_tensor(t, dtype)
+    if shape[dim] % world:
+        raise ValueError(f"{t.name} has {shape[dim]} rows/columns along dim {dim}, not divisible by {world} processes")
+    n = shape[dim] // world
+    a, b = rank * n, (rank + 1) * n
+    block = GGML_QUANT_SIZES[t.tensor_type][0]
+    if dim == 0 or (a % block == 0 and b % block == 0): return dequantize_tensor(gguf_slice(t, dim, a, b), dtype)
+    out = torch.empty(shape[0], n, dtype=dtype)                          # columns that split blocks: rows a chunk at a time
+    for r in range(0, shape[0], chunk_rows):
+        s = min(r + chunk_rows, shape[0])
+        out[r:s] = dequantize_tensor(gguf_slice(t, 0, r, s), dtype)[:, a:b]
+    return out

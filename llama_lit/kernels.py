@@ -455,10 +455,14 @@ def kernels_unavailable_reason() -> str | None:
     if shutil.which("ninja") is None: return "ninja is missing: pip install ninja"
     return None
 
-def _has_avx2() -> bool:
-    try: flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
-    except (OSError, StopIteration): return False
-    return {"avx2", "fma", "f16c"} <= set(flags)
+def _has_avx2(cpuinfo: str | None = None) -> bool:
+    "Whether the CPU (its /proc/cpuinfo text) has every instruction set _CFLAGS compiles for: AVX2, FMA, F16C."
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+        flags = next(l for l in text.splitlines() if l.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration, IndexError): return False
+    need = {f.removeprefix("-m") for f in _CFLAGS if f.startswith("-m")}      # avx2, fma, f16c
+    return need <= set(flags)
 
 def kernel_build_dir() -> Path:
     "Where torch keeps the compiled library: one folder per version of the source (TORCH_EXTENSIONS_DIR to move it)."
@@ -574,6 +578,9 @@ class KernelLinear(PackedWeights):
         super().__init__()
         if kind not in self.KINDS: raise ValueError(f"unknown KernelLinear kind {kind!r}; one of {self.KINDS}")
         self.kind, self.out_features, self.in_features = kind, out_features, in_features
+        off = sorted({str(v.device) for v in buffers.values() if v.device.type != "cpu"})
+        if off: raise ValueError(f"KernelLinear runs this chapter's CPU kernels; its weights are on {off}: "
+                                 "use chapter 10's QuantLinear there (torch's CUDA kernels)")
         for k, v in buffers.items(): self.register_buffer(k, v)
         self._matmul(torch.empty(0, in_features))                # every buffer checked once, by the checked wrappers
 

@@ -5,6 +5,10 @@
 # %% ../nbs/10_quantization.ipynb #2db84602
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -23,10 +27,12 @@ from .model import Transformer, ffn_hidden_dim
 # %% auto #0
 __all__ = ['INT4_GROUP_SIZES', 'Q8_0_BLOCK', 'Q4_0_BLOCK', 'Q4_1_BLOCK', 'Q8_0_MODES', 'QUANTS', 'matmul_shapes',
            'bits_per_weight', 'weight_bytes', 'round_half_away', 'quantize_int8', 'dequantize_int8', 'quantize_int4',
-           'dequantize_int4', 'q4_1_bytes', 'int4_scales_and_zeros', 'pack_int4', 'unpack_int4', 'q4_1_blocks',
-           'q4_0_blocks', 'q4_1_blocks_to_int4pack', 'q4_0_blocks_to_int4pack', 'q8_0_blocks_to_int8', 'quantize_q8_0',
-           'q8_0_bytes', 'q8_0_to_int4pack', 'PackedWeights', 'QuantLinear', 'gguf_qlinear', 'quant_linears',
-           'attach_qlinear', 'quantize_model', 'load_gguf_quantized', 'quantized_transformer', 'cpu_has_bf16']
+           'dequantize_int4', 'q4_1_bytes', 'int4_scales_and_zeros', 'pack_int4', 'int4pack_source', 'unpack_int4',
+           'int4pack_pairs', 'int4_cuda_bytes', 'cuda_inner_k_tiles', 'pack_int4_cuda', 'unpack_int4_cuda',
+           'cpu_capabilities', 'q4_1_blocks', 'q4_0_blocks', 'q4_1_blocks_to_int4pack', 'q4_0_blocks_to_int4pack',
+           'q8_0_blocks_to_int8', 'quantize_q8_0', 'q8_0_bytes', 'q8_0_to_int4pack', 'PackedWeights', 'QuantLinear',
+           'gguf_qlinear', 'quant_linears', 'attach_qlinear', 'quantize_model', 'load_gguf_quantized',
+           'quantized_transformer', 'cpu_has_bf16']
 
 # %% ../nbs/10_quantization.ipynb #ac338813
 def matmul_shapes(args: ModelArgs) -> list[tuple[int, int]]:
@@ -121,17 +127,73 @@ def _pad_rows(t: torch.Tensor, mult: int = 32) -> torch.Tensor:
     return t if pad == 0 else torch.cat([t, t.new_zeros(pad, *t.shape[1:])])
 
 def pack_int4(q: torch.Tensor, rows: int = 4096) -> torch.Tensor:
-    "Codes (out, in) in 0..15, out a multiple of 32, packed for the int4 kernel: (out, in/2) uint8, `rows` rows at a time."
+    "Codes (out, in) in 0..15, out a multiple of 32, packed for the int4 kernel of q's device: on the CPU (out, in/2) uint8 in its layout, `rows` rows at a time; on CUDA pack_int4_cuda's 4-D int32."
     if q.shape[0] % 32:
         raise ValueError(f"out_features={q.shape[0]} is not a multiple of 32; pad the rows first (QuantLinear does)")
+    if q.device.type == "cuda": return pack_int4_cuda(q)
+    if q.device.type != "cpu":
+        raise ValueError(f"torch's int4 kernels here are the CPU and CUDA ones; the codes are on {q.device}")
     return torch.cat([torch.ops.aten._convert_weight_to_int4pack_for_cpu(q[i:i + rows].to(torch.int32), 1)
                       for i in range(0, q.shape[0], rows)])
 
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    "Codes (out, in) uint8 back from pack_int4: per 32 rows, byte (k, j) holds row j's code k (low nibble) and row 16 + j's (high)."
-    n, k = packed.shape[0], 2 * packed.shape[1]
-    b = packed.reshape(n // 32, k, 16)                                    # (row blocks, in, 16)
-    return torch.cat([b & 15, b >> 4], dim=2).transpose(1, 2).reshape(n, k)
+@functools.lru_cache(maxsize=2)
+def int4pack_source(n: int, k: int) -> torch.Tensor:
+    "Where each nibble of a packed (n, k) matrix comes from, asked of the packer itself: (n·k,) int64 flat source index (row·k + col), nibbles in memory order (byte b's low nibble, then its high)."
+    idx, src = torch.arange(n * k), torch.zeros(n * k, dtype=torch.int64)
+    for shift in range(0, max(1, (n * k - 1).bit_length()), 4):         # one probe per hex digit of the index
+        digit = ((idx >> shift) & 15).to(torch.int32).reshape(n, k)
+        p = torch.ops.aten._convert_weight_to_int4pack_for_cpu(digit, 1).reshape(-1)
+        src |= torch.stack([p & 15, p >> 4], -1).reshape(-1).long() << shift
+    return src
+
+def unpack_int4(packed: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    "Codes (out, in) uint8 back from pack_int4 (same `rows`), by inverting the layout int4pack_source reads from the packer: right on every ISA; CUDA's 4-D layout through its kernel."
+    if packed.dim() == 4: return unpack_int4_cuda(packed)
+    out = []
+    for i in range(0, packed.shape[0], rows):
+        p = packed[i:i + rows]
+        n, k = p.shape[0], 2 * p.shape[1]
+        codes = torch.empty(n * k, dtype=torch.uint8)
+        codes[int4pack_source(n, k)] = torch.stack([p & 15, p >> 4], -1).reshape(-1)
+        out.append(codes.reshape(n, k))
+    return torch.cat(out)
+
+def int4pack_pairs(n: int) -> list[tuple[int, int]]:
+    "The packer's layout in brief: for the bytes holding column 0 of an (n, 2) matrix, in memory order, (row in the low nibble, row in the high)."
+    src = int4pack_source(n, 2).reshape(-1, 2)                               # (bytes, low/high)
+    return [(int(lo) // 2, int(hi) // 2) for lo, hi in src.tolist() if lo % 2 == 0]
+def int4_cuda_bytes(q: torch.Tensor) -> torch.Tensor:
+    "Codes (out, in) as the bytes torch's CUDA packer takes: (out, in/2) uint8, column 2j in the high nibble, 2j + 1 in the low (gpt-fast, torchao)."
+    q = q.to(torch.uint8)
+    return (q[:, 0::2] << 4 | q[:, 1::2]).contiguous()
+
+def cuda_inner_k_tiles(in_features: int) -> int:
+    "innerKTiles for torch's CUDA int4 kernel: the largest of 8, 4, 2 with in_features a multiple of 16·innerKTiles."
+    for t in (8, 4, 2):
+        if in_features % (16 * t) == 0: return t
+    raise ValueError(f"in_features={in_features}: torch's CUDA int4 kernel needs a multiple of 32")
+
+def pack_int4_cuda(q: torch.Tensor) -> torch.Tensor:
+    "Codes (out, in) on a CUDA device, out a multiple of 8, for _weight_int4pack_mm: int32 (out/8, in/(16·t), 32, t/2), t = cuda_inner_k_tiles(in)."
+    if q.shape[0] % 8: raise ValueError(f"out_features={q.shape[0]} is not a multiple of 8; pad the rows first (QuantLinear does)")
+    return torch.ops.aten._convert_weight_to_int4pack(int4_cuda_bytes(q), cuda_inner_k_tiles(q.shape[1]))
+
+def unpack_int4_cuda(packed: torch.Tensor) -> torch.Tensor:
+    "Codes (out, in) uint8 from pack_int4_cuda's tiles, read by the kernel itself: an identity input with scale 1, zero 8 gives (q − 8)·1 + 8 = q, exact in bfloat16."
+    n, k = packed.shape[0] * 8, packed.shape[1] * 32 * packed.shape[3]    # in = tiles · 16 · innerKTiles, innerKTiles = 2·size(3)
+    one = torch.ones(k // 32, n, dtype=torch.bfloat16, device=packed.device)
+    table = torch.stack([one, 8 * one], -1)                                 # (in/32, out, 2): scale 1, zero 8
+    eye = torch.eye(k, dtype=torch.bfloat16, device=packed.device)
+    return torch.ops.aten._weight_int4pack_mm(eye, packed, 32, table).T.round().to(torch.uint8)   # eye @ Wᵀ = codesᵀ
+
+@functools.lru_cache(maxsize=1)
+def cpu_capabilities() -> tuple[str, ...]:
+    "The ATEN_CPU_CAPABILITY values this CPU runs, lowest first, asked of torch in a fresh process (whatever this one was started with)."
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    best = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip().lower()
+    order = ("default", "avx2", "avx512")
+    return order[:order.index(best) + 1] if best in order else ("default", best)
 
 # %% ../nbs/10_quantization.ipynb #cba2c69c
 Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", 32)])                   # 34 bytes: w = d·q
@@ -223,8 +285,15 @@ class PackedWeights(nn.Module):
             if new is not None and new.dtype != old.dtype: self._buffers[k] = old.to(new.device)
         return self
 
+def _check_device(device: torch.device, dtype=None) -> None:
+    "QuantLinear packs for torch's CPU or CUDA kernels; CUDA's int4 kernel computes in bfloat16 only."
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"QuantLinear packs for torch's CPU or CUDA kernels; the weight is on {device}")
+    if device.type == "cuda" and dtype is not None and dtype != torch.bfloat16:
+        raise ValueError(f"torch's CUDA int4 kernel computes in bfloat16 only, not {dtype}: pass dtype=torch.bfloat16")
+
 class QuantLinear(PackedWeights):
-    "y = x Wᵀ with W kept as 'int8' (per channel), 'int4' (per group, Q4_1/Q4_0), 'q8_0' (two int4 halves) for torch's CPU kernels, or 'float' (16/32 bits)."
+    "y = x Wᵀ with W kept as 'int8' (per channel), 'int4' (per group, Q4_1/Q4_0), 'q8_0' (two int4 halves) for torch's CPU or CUDA kernels (the weight's device), or 'float' (16/32 bits)."
     KINDS = ("int8", "int4", "q8_0", "float")
 
     def __init__(self, kind: str, out_features: int, in_features: int, group_size: int = 0, **buffers):
@@ -235,7 +304,8 @@ class QuantLinear(PackedWeights):
 
     @classmethod
     def from_int8(cls, q: torch.Tensor, s: torch.Tensor, dtype=torch.bfloat16) -> "QuantLinear":
-        "From quantize_int8's q (out, in) int8 and s (out,)."
+        "From quantize_int8's q (out, in) int8 and s (out,), for the kernel of q's device (the CPU's and CUDA's take the same layout)."
+        _check_device(q.device)
         return cls("int8", *q.shape, weight_int8=q.contiguous(), scales=s.to(dtype).contiguous())
 
     @classmethod
@@ -246,19 +316,21 @@ class QuantLinear(PackedWeights):
 
     @classmethod
     def from_int4(cls, q, d, m=None, group_size: int = 32, dtype=torch.bfloat16) -> "QuantLinear":
-        "From quantize_int4's codes (out, in), d, m (out, in/g); m None: Q4_0."
+        "From quantize_int4's codes (out, in), d, m (out, in/g); m None: Q4_0. Packed for the kernel of q's device."
         _check_group(q.shape[1], group_size)
+        _check_device(q.device, dtype)
         table = _pad_rows(int4_scales_and_zeros(d, m).transpose(0, 1)).transpose(0, 1)
         return cls.from_int4pack(pack_int4(_pad_rows(q)), table, *q.shape, group_size, dtype)
 
     @classmethod
     def from_q8_0(cls, q, d, dtype=torch.bfloat16) -> "QuantLinear":
-        "From Q8_0's q (out, in) int8 and d (out, in/32), exactly, as two int4 halves."
+        "From Q8_0's q (out, in) int8 and d (out, in/32), exactly, as two int4 halves (on CUDA the scales in bfloat16)."
+        _check_device(q.device, dtype)
         return cls.from_int4pack(*q8_0_to_int4pack(q, d), *q.shape, 32, dtype, kind="q8_0")
 
     @classmethod
     def from_float(cls, w: torch.Tensor, quant: str = "int8", group_size: int = 32, dtype=torch.bfloat16) -> "QuantLinear":
-        "Quantize a float weight (out, in): 'int8' (per channel), 'int4' (Q4_1 per group), 'q8_0', or keep it in 'bf16'/'f16'/'f32'."
+        "Quantize a float weight (out, in) on its own device (CPU or CUDA, for that device's kernels): 'int8' (per channel), 'int4' (Q4_1 per group), 'q8_0', or keep it in 'bf16'/'f16'/'f32'."
         _check_weight(w)
         if quant == "int8": return cls.from_int8(*quantize_int8(w), dtype=dtype)
         if quant == "int4": return cls.from_int4(*quantize_int4(w, group_size), group_size=group_size, dtype=dtype)
@@ -275,15 +347,21 @@ class QuantLinear(PackedWeights):
         "x (..., in_features) -> (..., out_features), in x's dtype."
         if x.shape[-1] != self.in_features:
             raise ValueError(f"the input has {x.shape[-1]} features; this layer takes {self.in_features}")
-        if x.device.type != "cpu" and self.kind != "float":
-            raise ValueError(f"QuantLinear({self.kind}) runs torch's CPU kernels; the input is on {x.device}")
+        w = next(self.buffers())
+        if x.device != w.device:
+            raise ValueError(f"the input is on {x.device}, this layer's weights on {w.device}; move one of them")
+        cuda = self.kind in ("int4", "q8_0") and self.packed.dim() == 4      # which kernel the codes were packed for
+        if self.kind in ("int4", "q8_0") and cuda != (x.device.type == "cuda"):
+            raise ValueError(f"QuantLinear({self.kind}) was packed for torch's {'CUDA' if cuda else 'CPU'} kernel and cannot run "
+                             f"on {x.device}: build it again from the weights there (from_float, gguf_qlinear(device=...))")
+        int4mm = torch.ops.aten._weight_int4pack_mm if cuda else torch.ops.aten._weight_int4pack_mm_for_cpu
         lead, x2 = x.shape[:-1], x.reshape(-1, self.in_features).to(self.dtype).contiguous()       # (M, in)
         if self.kind == "int8":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
         elif self.kind == "int4":
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_and_zeros)
+            y = int4mm(x2, self.packed, self.group_size, self.scales_and_zeros)
         elif self.kind == "q8_0":                                   # [x, x] against [high halves | low halves]
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(torch.cat([x2, x2], 1), self.packed, 32, self.scales_and_zeros)
+            y = int4mm(torch.cat([x2, x2], 1), self.packed, 32, self.scales_and_zeros)
         else:
             y = F.linear(x2, self.weight)
         if y.shape[1] != self.out_features: y = y[:, :self.out_features]      # the padding rows
@@ -306,24 +384,27 @@ class QuantLinear(PackedWeights):
 # %% ../nbs/10_quantization.ipynb #350237f9
 Q8_0_MODES = ("int4x2", "int8")
 
-def gguf_qlinear(t, dtype=torch.bfloat16, other: str = "f32", q8_0: str = "int4x2") -> QuantLinear:
-    "One GGUF matrix as a QuantLinear, bits kept: Q4_1/Q4_0 -> int4, Q8_0 -> two int4 halves (q8_0='int8': requantized per channel), F16/BF16/F32 kept; other types dequantized, then `other`."
+def gguf_qlinear(t, dtype=torch.bfloat16, other: str = "f32", q8_0: str = "int4x2", device="cpu") -> QuantLinear:
+    "One GGUF matrix as a QuantLinear for `device`'s kernels, bits kept: Q4_1/Q4_0 -> int4, Q8_0 -> two int4 halves (q8_0='int8': requantized per channel), F16/BF16/F32 kept; other types dequantized, then `other`."
+    device = torch.device(device)
+    _check_device(device)
     if q8_0 not in Q8_0_MODES: raise ValueError(f"q8_0={q8_0!r}; one of {Q8_0_MODES}")
     shape = torch_shape(t)
     if len(shape) != 2: raise ValueError(f"{t.name} has shape {shape}; a linear layer's weight has 2 dimensions")
     T = GGMLQuantizationType
-    if t.tensor_type == T.Q4_1: return QuantLinear.from_int4pack(*q4_1_blocks_to_int4pack(t.data, shape), *shape, 32, dtype)
-    if t.tensor_type == T.Q4_0: return QuantLinear.from_int4pack(*q4_0_blocks_to_int4pack(t.data, shape), *shape, 32, dtype)
+    on = lambda *ts: [x.to(device) for x in ts]                 # the integer blocks move, then pack for that device
+    if t.tensor_type == T.Q4_1: return QuantLinear.from_int4(*on(*q4_1_blocks(t.data, shape)), group_size=32, dtype=dtype)
+    if t.tensor_type == T.Q4_0: return QuantLinear.from_int4(*on(*q4_0_blocks(t.data, shape)), group_size=32, dtype=dtype)
     if t.tensor_type == T.Q8_0:
-        q, d = q8_0_blocks_to_int8(t.data, shape)
+        q, d = on(*q8_0_blocks_to_int8(t.data, shape))
         if q8_0 == "int8": return QuantLinear.from_float(q.float() * d.float().repeat_interleave(32, 1), "int8", dtype=dtype)
         return QuantLinear.from_q8_0(q, d, dtype)
     floats = {T.F32: (np.float32, torch.float32), T.F16: (np.float16, torch.float16), T.BF16: (np.int16, torch.bfloat16)}
     if t.tensor_type in floats:                                  # the bytes as they are, in their own 16 or 32 bits
         np_t, torch_t = floats[t.tensor_type]
         raw = np.ascontiguousarray(np.asarray(t.data)).view(np.uint8).view(np_t).reshape(shape)
-        return QuantLinear("float", *shape, weight=torch.from_numpy(raw.copy()).view(torch_t))
-    return QuantLinear.from_float(dequantize_tensor(t), other, dtype=dtype)
+        return QuantLinear("float", *shape, weight=torch.from_numpy(raw.copy()).view(torch_t).to(device))
+    return QuantLinear.from_float(dequantize_tensor(t).to(device), other, dtype=dtype)
 
 # %% ../nbs/10_quantization.ipynb #04e9843e
 def quant_linears(model: Transformer) -> dict[str, nn.Module]:
@@ -351,7 +432,7 @@ QUANTS = ("int8", "int4")
 
 def quantize_model(model: Transformer, quant: str = "int8", group_size: int = 32, dtype=torch.bfloat16,
                    head: str | None = None, kernels: bool = False) -> Transformer:
-    "Quantize, in place, every linear layer (wq…w3, output; not the embedding) of a one-process Transformer into QuantLinears computing in `dtype`; `head` overrides the output matrix's quant. kernels=True: chapter 11's KernelLinears instead (int4 as Q4_1 blocks, int8 as Q8_0 blocks)."
+    "Quantize, in place, every linear layer (wq…w3, output; not the embedding) of a one-process Transformer into QuantLinears computing in `dtype`, each packed for its weight's device (CPU or CUDA); `head` overrides the output matrix's quant. kernels=True: chapter 11's KernelLinears instead (int4 as Q4_1 blocks, int8 as Q8_0 blocks)."
     head = quant if head is None else head
     for q in (quant, head):
         if q not in QUANTS: raise ValueError(f"unknown quant {q!r}; choose one of {QUANTS}")
@@ -361,6 +442,9 @@ def quantize_model(model: Transformer, quant: str = "int8", group_size: int = 32
         if hasattr(layer, "qlinear"): raise ValueError(f"{name} is quantized already")
         if (head if name == "output" else quant) == "int4": _check_group(layer.weight.shape[1], group_size)
     if kernels:
+        where = {l.weight.device for l in layers.values()} - {torch.device("cpu")}
+        if where: raise ValueError(f"kernels=True runs chapter 11's CPU kernels; the weights are on {sorted(map(str, where))}: "
+                                   "use kernels=False (torch's CUDA kernels)")
         if group_size != 32: raise ValueError(f"kernels=True quantizes in GGUF's blocks of 32 weights, not {group_size}")
         from llama_lit.kernels import KernelLinear                       # chapter 11
         make = lambda w, q: KernelLinear.from_float(w, {"int4": "q4_1", "int8": "q8_0"}[q])
@@ -374,26 +458,35 @@ def quantize_model(model: Transformer, quant: str = "int8", group_size: int = 32
 _MATRICES = (".wq.weight", ".wk.weight", ".wv.weight", ".wo.weight", ".w1.weight", ".w2.weight", ".w3.weight")
 
 def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16, other: str = "f32",
-                        q8_0: str = "int4x2", kernels: bool = False) -> tuple[dict, dict, dict]:
-    "(params, {key: float tensor} of the norms and embedding in `dtype`, {module name: QuantLinear}) of a LLaMA GGUF, matrices in the bits stored; kernels=True: chapter 11's KernelLinears."
+                        q8_0: str = "int4x2", kernels: bool = False, device=None) -> tuple[dict, dict, dict]:
+    "(params, {key: float tensor} of the norms and embedding in `dtype`, {module name: QuantLinear}) of a LLaMA GGUF on `device` (None: the CPU), matrices in the bits stored for that device's kernels; kernels=True: chapter 11's KernelLinears (CPU only)."
+    device = torch.device("cpu" if device is None else device)
+    if kernels and device.type != "cpu":
+        raise ValueError(f"kernels=True runs chapter 11's CPU kernels, not on {device}: use kernels=False (torch's CUDA kernels)")
+    _check_device(device)
     reader = open_gguf(path)
     params = read_gguf_params(reader)
     tensors = {gguf_to_meta_name(t.name): t for t in reader.tensors if t.name != "rope_freqs.weight"}
     if kernels: from llama_lit.kernels import kernel_qlinear as make   # chapter 11
-    else: make = lambda t: gguf_qlinear(t, compute_dtype, other, q8_0)
+    else: make = lambda t: gguf_qlinear(t, compute_dtype, other, q8_0, device)
     sd, qlayers = {}, {}
     for key, t in tensors.items():
         if key.endswith(_MATRICES) or key == "output.weight":
             qlayers[key.removesuffix(".weight")] = make(t)
         else:
-            sd[key] = dequantize_tensor(t, dtype)
+            sd[key] = dequantize_tensor(t, dtype).to(device)
     if params["tie_word_embeddings"]:                        # the output matrix is the embedding's bits
         qlayers["output"] = make(tensors["tok_embeddings.weight"])
     return params, sd, qlayers
 
-def quantized_transformer(args: ModelArgs, sd: dict, qlayers: dict, dtype=torch.float32) -> Transformer:
-    "A one-process CPU Transformer from load_gguf_quantized's parts: norms and embedding in `dtype`, every matrix its QuantLinear."
+def quantized_transformer(args: ModelArgs, sd: dict, qlayers: dict, dtype=torch.float32, device="cpu") -> Transformer:
+    "A one-process Transformer on `device` from load_gguf_quantized's parts (built for that device): norms and embedding in `dtype`, every matrix its QuantLinear."
     _check_one_process()
+    device = torch.device(device)
+    same = lambda d: d.type == device.type and (device.index is None or d.index in (None, device.index))
+    elsewhere = sorted({str(d) for d in (next(q.buffers()).device for q in qlayers.values()) if not same(d)})
+    if elsewhere: raise ValueError(f"the quantized layers are on {elsewhere}, not {device}: pass the device they were "
+                                   f"loaded for, or load them with load_gguf_quantized(..., device={str(device)!r})")
     with no_weight_init(): model = Transformer(args)          # the matrices' memory is never touched, then dropped
     layers = quant_linears(model)
     if set(layers) != set(qlayers):
@@ -403,8 +496,9 @@ def quantized_transformer(args: ModelArgs, sd: dict, qlayers: dict, dtype=torch.
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [k for k in missing if ".qlinear." not in k]
     if missing or unexpected: raise ValueError(f"state dict: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    model.freqs_cis = model.freqs_cis.to("cpu")
-    return model.to(dtype).eval()
+    model = model.to(dtype).to(device)
+    model.freqs_cis = model.freqs_cis.to(device)
+    return model.eval()
 
 # %% ../nbs/10_quantization.ipynb #4bf35273
 def cpu_has_bf16() -> bool:

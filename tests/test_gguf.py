@@ -625,3 +625,97 @@ def test_read_only_data_and_real_tensors():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             for src in (t, ro[t.name]): assert np.array_equal(_bits(dequantize_tensor(src)), ref), t.name
+
+
+# ---------------------------------------------------------------- one rank's shard of a GGUF file (issue 17, item 8)
+
+class _TorchBytes:
+    "Peak bytes of live tensors made by torch's factory ops while active (a TorchDispatchMode, frees seen through weakref.finalize); numpy's peak from tracemalloc."
+    FACTORIES = ("empty", "empty_strided", "zeros", "ones", "full", "clone", "empty_like", "zeros_like", "_to_copy")
+
+    def __enter__(self):
+        import tracemalloc, weakref
+        from torch.utils._python_dispatch import TorchDispatchMode
+        outer = self
+        def free(n): outer.live -= n
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if func.__name__.split(".")[0] in outer.FACTORIES and isinstance(out, torch.Tensor):
+                    n = out.numel() * out.element_size()
+                    outer.live += n; outer.peak = max(outer.peak, outer.live)
+                    weakref.finalize(out, free, n)
+                return out
+        self.live = self.peak = 0
+        self.mode = Mode()
+        self.mode.__enter__()
+        torch.empty(1).add_(1).clone()                    # the first op through the mode imports code: not ours to count
+        self.live = self.peak = 0
+        tracemalloc.start(); tracemalloc.reset_peak()
+        return self
+
+    def __exit__(self, *exc):
+        import tracemalloc
+        self.mode.__exit__(*exc)
+        self.numpy_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
+def _nbytes(sd: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in {id(v): v for v in sd.values()}.values())
+
+
+@pytest.mark.parametrize("qtype,tied,vp", [("Q4_1", True, False), ("Q8_0", False, True), ("Q4_0", True, True),
+                                           ("F16", False, False)])
+def test_gguf_shard_is_the_slice_of_the_whole(tmp_path, qtype, tied, vp):
+    "load_model_shard on a GGUF: each rank's tensors equal split_state_dict of the whole dequantized file."
+    from llama_lit.checkpoint import load_model_shard, split_state_dict
+    p = dict(TINY, dim=128, n_heads=4, n_kv_heads=4)                      # dim 128: 2 ranks get 64 columns = 2 blocks
+    write_gguf(tmp_path / "m.gguf", p, random_state_dict(p, tied), QT[qtype], tied)
+    params, full = load_gguf(tmp_path / "m.gguf")
+    for rank in range(2):
+        got, want = load_model_shard(tmp_path / "m.gguf", params, rank, 2, vp), split_state_dict(full, 2, rank, vp)
+        assert list(got) == list(want)
+        for k in want: assert torch.equal(got[k], want[k]), (k, rank)
+        assert (got["output.weight"] is got["tok_embeddings.weight"]) == (tied and vp)
+    one = load_model_shard(tmp_path / "m.gguf", params)
+    for k in full: assert torch.equal(one[k], full[k]), k
+    assert (one["output.weight"] is one["tok_embeddings.weight"]) == tied
+
+
+def test_gguf_shard_columns_that_split_blocks(tmp_path):
+    "Q4_K blocks of 256 over 4 ranks (64 columns each): the fallback, a few rows at a time, still the exact slice."
+    from llama_lit.checkpoint import load_model_shard, split_state_dict
+    from llama_lit.gguf import dequantize_shard, gguf_slice
+    p = dict(TINY, dim=256, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=128)
+    sd = random_state_dict(p, tied=False)
+    raw = {}
+    for i, name in enumerate(n for n in gguf_names(1, False) if not n.endswith("norm.weight")):
+        rows, cols = sd[gguf_to_meta_name(name)].shape
+        raw[name] = (random_blocks(QT.Q4_K, rows * cols // 256, seed=i).reshape(rows, -1), QT.Q4_K)
+    write_gguf(tmp_path / "k.gguf", p, sd, QT.F32, tied=False, raw=raw)
+    params, full = load_gguf(tmp_path / "k.gguf")
+    for rank in (0, 3):
+        got, want = load_model_shard(tmp_path / "k.gguf", params, rank, 4), split_state_dict(full, 4, rank)
+        for k in want: assert torch.equal(got[k], want[k]), (k, rank)
+    t = next(t for t in open_gguf(tmp_path / "k.gguf").tensors if t.name == "blk.0.attn_output.weight")
+    assert torch.equal(dequantize_shard(t, 1, 2, 4, chunk_rows=7), full["layers.0.attention.wo.weight"][:, 128:192])
+    with pytest.raises(ValueError, match="split Q4_K blocks of 256"): gguf_slice(t, 1, 64, 128)
+    with pytest.raises(ValueError, match="not divisible by 3 processes"): load_model_shard(tmp_path / "k.gguf", params, 0, 3)
+
+
+def test_gguf_shard_allocates_a_shard_not_the_model(real):
+    "SmolLM2 on 3 ranks: the middle rank allocates (torch) and peaks (numpy) at about a third of the float32 model."
+    from llama_lit.checkpoint import load_model_shard, split_state_dict
+    reader, params, full = real["reader"], real["params"], real["sd"]
+    with _TorchBytes() as a:
+        shard = load_model_shard(reader, params, 1, 3)
+    whole, mine = sum(v.numel() * v.element_size() for v in full.values()), _nbytes(shard)   # tied: counted as embedding and output
+    want = split_state_dict(full, 3, 1)
+    for k in want: assert torch.equal(shard[k], want[k]), k
+    print(f"float32 model {whole / 2**20:.0f} MiB, rank 1 of 3: shard {mine / 2**20:.0f} MiB, torch peak "
+          f"{a.peak / 2**20:.0f} MiB, numpy peak {a.numpy_peak / 2**20:.1f} MiB")
+    norms = sum(v.numel() * v.element_size() for v in full.values() if v.dim() == 1)   # every rank has them whole
+    assert mine <= whole / 3 + norms
+    assert a.peak <= 1.02 * mine                        # the shard's tensors and a few small chunks, no whole tensor
+    assert a.numpy_peak <= 0.1 * whole

@@ -369,3 +369,203 @@ def test_cli_quant():
     r = subprocess.run([sys.executable, "-m", "llama_lit", "generate", "ROMEO:", "--quant", "int4", "--max-gen-len", "6",
                         "--temperature", "0"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("ROMEO:"), r.stderr
+
+
+# ---------------------------------------------------------------- every CPU capability (issue 17)
+
+_ROUND_TRIP = r"""
+import json, torch
+from llama_lit.quant import QuantLinear, int4pack_pairs, pack_int4, unpack_int4
+ok = []
+for rows, cols in ((32, 64), (96, 128), (64, 2), (4096 + 96, 64)):       # whole blocks, a partial one, two calls
+    codes = torch.randint(0, 16, (rows, cols), dtype=torch.uint8)
+    ok.append(torch.equal(unpack_int4(pack_int4(codes)), codes))
+for quant, in_f in (("int4", 128), ("q8_0", 256)):
+    ql = QuantLinear.from_float(torch.randn(112, 128), quant, dtype=torch.float32)
+    w = torch.ops.aten._weight_int4pack_mm_for_cpu(torch.eye(in_f), ql.packed, 32, ql.scales_and_zeros).T[:112]
+    ok.append(torch.equal(ql.dequantize(), w if quant == "int4" else w[:, :128] + w[:, 128:]))
+print(json.dumps({"cap": torch.backends.cpu.get_cpu_capability(), "ok": ok, "pairs": int4pack_pairs(96)}))
+"""
+
+
+def _capabilities():
+    from llama_lit.quant import cpu_capabilities
+    return cpu_capabilities()
+
+
+@pytest.mark.parametrize("cap", _capabilities())
+def test_int4_layout_read_back_under_every_capability(cap):
+    "unpack_int4 / dequantize are right whichever packer torch runs (default, AVX2, AVX-512), each in a fresh process."
+    import json, os, subprocess, sys
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": "1"}
+    out = json.loads(subprocess.run([sys.executable, "-c", _ROUND_TRIP], env=env, capture_output=True, text=True,
+                                    check=True, timeout=300).stdout)
+    assert out["cap"].lower() == cap and out["ok"] == [True] * 6
+    pairs = [tuple(p) for p in out["pairs"]]
+    assert sorted(r for p in pairs for r in p) == list(range(96))
+    if cap == "default": assert pairs[:2] == [(0, 1), (2, 3)]
+    if cap == "avx2": assert pairs[:2] == [(0, 16), (1, 17)]
+    if cap == "avx512": assert pairs[:2] == [(0, 32), (1, 33)] and pairs[16] == (16, 48) and pairs[32] == (64, 65)
+
+
+def test_old_fixed_layout_is_not_what_every_packer_writes():
+    "The AVX2-only reading (per 32 rows, rows j | 16+j) is wrong on at least one capability this machine has, or the machine has only AVX2."
+    from llama_lit.quant import cpu_capabilities
+    import json, os, subprocess, sys
+    caps = cpu_capabilities()
+    layouts = {}
+    for cap in caps:
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": cap}
+        code = "import json; from llama_lit.quant import int4pack_pairs; print(json.dumps(int4pack_pairs(64)))"
+        layouts[cap] = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                                 text=True, check=True).stdout)
+    avx2_rule = [[j, 16 + j] for j in range(16)] + [[32 + j, 48 + j] for j in range(16)]
+    assert layouts["default"] != avx2_rule                                # every CPU has the default build
+    assert len({json.dumps(v) for v in layouts.values()}) == len(caps)   # each capability its own layout
+
+
+# ---------------------------------------------------------------- the CUDA path (no GPU: FakeTensors)
+
+def int4_cuda_reference(x, u, group_size, scales_and_zeros):
+    """What torch's _weight_int4pack_mm computes, from its documented input (gpt-fast, torchao): u (N, K/2) uint8 with
+    column 2j in the high nibble and 2j+1 in the low, scales_and_zeros (K/g, N, 2): x·((q − 8)·scale + zero)ᵀ."""
+    q = torch.stack([u >> 4, u & 15], -1).reshape(u.shape[0], -1).float()             # (N, K)
+    scale, zero = scales_and_zeros.float().transpose(0, 1).unbind(-1)                   # (N, K/g) each
+    w = ((q.unflatten(1, (-1, group_size)) - 8) * scale[..., None] + zero[..., None]).flatten(1)
+    return x.float() @ w.T
+
+
+def test_cuda_int4_convention_gives_the_gguf_weights():
+    "Our CUDA packer input (int4_cuda_bytes) and table, read by the documented CUDA convention, are the file's weights."
+    from llama_lit.quant import int4_cuda_bytes, q4_0_blocks, cuda_inner_k_tiles
+    torch.manual_seed(5)
+    w = torch.randn(48, 128) * 0.05 + 0.01
+    eye = torch.eye(128)
+    raw = quantize(w.numpy(), QT.Q4_1)
+    q, d, m = q4_1_blocks(raw, (48, 128))
+    got = int4_cuda_reference(eye, int4_cuda_bytes(q), 32, int4_scales_and_zeros(d, m)).T
+    assert torch.equal(got, torch.from_numpy(dequantize(raw, QT.Q4_1)))
+    raw = quantize(w.numpy(), QT.Q4_0)
+    q, d = q4_0_blocks(raw, (48, 128))
+    assert torch.equal(int4_cuda_reference(eye, int4_cuda_bytes(q), 32, int4_scales_and_zeros(d)).T,
+                       torch.from_numpy(dequantize(raw, QT.Q4_0)))
+    qi = torch.arange(16, dtype=torch.uint8).repeat(2, 2)                  # (2, 32): 0..15, 0..15
+    assert int4_cuda_bytes(qi)[0, :2].tolist() == [0x01, 0x23]             # even column high, odd low
+    raw = quantize(w.numpy(), QT.Q8_0)                                     # Q8_0 as two int4 halves
+    q8, d8 = q8_0_blocks_to_int8(raw, (48, 128))
+    u = q8.to(torch.int16) + 128
+    codes = torch.cat([u >> 4, u & 15], dim=1)
+    _, table = q8_0_to_int4pack(q8, d8)                                    # (2·in/32, out₃₂, 2), float32
+    ww = int4_cuda_reference(torch.eye(256), int4_cuda_bytes(codes), 32, table[:, :48]).T
+    assert torch.equal(ww[:, :128] + ww[:, 128:], torch.from_numpy(dequantize(raw, QT.Q8_0)))  # float32 table: exact
+    ww = int4_cuda_reference(torch.eye(256), int4_cuda_bytes(codes), 32, table[:, :48].bfloat16()).T
+    ref = torch.from_numpy(dequantize(raw, QT.Q8_0))                       # CUDA: scales in bfloat16
+    assert ((ww[:, :128] + ww[:, 128:] - ref).abs() <= 2 ** -8 * ref.abs() + 1e-12).all()
+    assert [cuda_inner_k_tiles(k) for k in (128, 576, 96 * 32, 32)] == [8, 4, 8, 2]
+    with pytest.raises(ValueError, match="multiple of 32"): cuda_inner_k_tiles(48)
+
+
+_FAKE_CUDA = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import fake_cuda
+fake_cuda.build_guard(); fake_cuda.fake_torch_cuda(); fake_cuda.fake_swap_tensors()
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from llama_lit.quant import QuantLinear, load_gguf_quantized, quantized_transformer, quantize_model, unpack_int4
+from llama_lit.attention import ModelArgs, init_model_parallel
+from llama_lit.model import Transformer
+out = {}
+def where(t): return [list(t.shape), str(t.dtype).removeprefix("torch."), str(t.device)]
+init_model_parallel()
+with FakeTensorMode(allow_non_fake_inputs=True), fake_cuda.Scalars():
+    for quant in ("int8", "int4", "q8_0", "bf16"):
+        fake_cuda.LOG["ops"].clear()
+        w = torch.empty(112, 576, device="cuda")
+        ql = QuantLinear.from_float(w, quant)
+        y = ql(torch.empty(3, 5, 576, device="cuda", dtype=torch.float32))
+        out[quant] = {"buffers": {k: where(b) for k, b in ql.named_buffers()}, "y": where(y),
+                      "deq": where(ql.dequantize()), "ops": sorted(k for k in fake_cuda.LOG["ops"] if "pack" in k)}
+        try: ql(torch.empty(3, 576))
+        except ValueError as e: out[quant]["cpu_input"] = str(e)
+    cpu = QuantLinear.from_float(torch.randn(64, 128), "int4").to("cuda")   # CPU-packed codes moved to CUDA
+    try: cpu(torch.empty(1, 128, device="cuda"))
+    except ValueError as e: out["moved"] = str(e)
+    try: QuantLinear.from_float(torch.empty(64, 128, device="cuda"), "int4", dtype=torch.float16)
+    except ValueError as e: out["fp16"] = str(e)
+    if sys.argv[2] != "-":                                                 # the real GGUF file, built for CUDA
+        fake_cuda.LOG["ops"].clear()
+        params, sd, qlayers = load_gguf_quantized(sys.argv[2], device="cuda")
+        args = ModelArgs.from_params(params, max_seq_len=32, max_batch_size=1)
+        model = quantized_transformer(args, sd, qlayers, dtype=torch.bfloat16, device="cuda")
+        logits = model(torch.zeros(1, 4, dtype=torch.long, device="cuda"), 0, use_cache=False)
+        out["gguf"] = {"logits": where(logits), "kinds": sorted({q.kind for q in qlayers.values()}),
+                       "devices": sorted({str(b.device) for q in qlayers.values() for b in q.buffers()}
+                                         | {str(p.device) for p in model.parameters()}),
+                       "ops": sorted(k for k in fake_cuda.LOG["ops"] if "pack" in k)}
+        try: quantized_transformer(args, sd, qlayers, device="cpu")
+        except ValueError as e: out["gguf"]["wrong_device"] = str(e)
+    torch.manual_seed(0)
+    tiny = Transformer(ModelArgs(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32,
+                                 max_batch_size=1, max_seq_len=16)).to("cuda")
+    quantize_model(tiny, "int4")
+    out["model"] = sorted({str(b.device) for b in tiny.buffers() if b.dtype in (torch.int32, torch.bfloat16)})
+    out["model_packed"] = where(tiny.layers[0].attention.wq.qlinear.packed)
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_cuda_run(tmp_path_factory):
+    import json, os, subprocess, sys
+    from pathlib import Path
+    try: gguf_path = str(smollm2_path())
+    except FileNotFoundError: gguf_path = "-"
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", _FAKE_CUDA, here, gguf_path], env=env, capture_output=True, text=True,
+                       timeout=600)
+    line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line is not None, p.stderr[-3000:]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_quantlinear_packs_for_cuda(fake_cuda_run):
+    "A CUDA weight gets torch's CUDA kernels: packed shapes of the CUDA schema, outputs on cuda, no _for_cpu op."
+    r = fake_cuda_run
+    assert r["int8"]["buffers"] == {"weight_int8": [[112, 576], "int8", "cuda:0"], "scales": [[112], "bfloat16", "cuda:0"]}
+    assert r["int4"]["buffers"] == {"packed": [[128 // 8, 576 // (16 * 4), 32, 2], "int32", "cuda:0"],   # innerKTiles 4
+                                    "scales_and_zeros": [[576 // 32, 128, 2], "bfloat16", "cuda:0"]}
+    assert r["q8_0"]["buffers"] == {"packed": [[16, 1152 // 128, 32, 4], "int32", "cuda:0"],             # 2·576: innerKTiles 8
+                                    "scales_and_zeros": [[1152 // 32, 128, 2], "bfloat16", "cuda:0"]}
+    assert r["bf16"]["buffers"] == {"weight": [[112, 576], "bfloat16", "cuda:0"]}
+    for quant in ("int8", "int4", "q8_0", "bf16"):
+        assert r[quant]["y"] == [[3, 5, 112], "float32", "cuda:0"], quant
+        assert r[quant]["deq"] == [[112, 576], "float32", "cuda:0"], quant
+        assert not any("for_cpu" in op for op in r[quant]["ops"]), r[quant]["ops"]
+        assert "on cpu, this layer's weights on cuda:0" in r[quant]["cpu_input"]
+    assert r["int8"]["ops"] == ["aten._weight_int8pack_mm.default"]
+    for quant in ("int4", "q8_0"):
+        assert r[quant]["ops"] == ["aten._convert_weight_to_int4pack.default", "aten._weight_int4pack_mm.default"]
+    assert "packed for torch's CPU kernel" in r["moved"] and "bfloat16 only" in r["fp16"]
+    assert r["model"] == ["cuda:0"] and r["model_packed"][1:] == ["int32", "cuda:0"]
+
+
+def test_gguf_model_builds_for_cuda(fake_cuda_run, smol):
+    g = fake_cuda_run["gguf"]
+    assert g["logits"] == [[1, 4, 49152], "float32", "cuda:0"] and g["kinds"] == ["int4", "q8_0"]
+    assert g["devices"] == ["cuda:0"]
+    assert not any("for_cpu" in op for op in g["ops"]) and "aten._weight_int4pack_mm.default" in g["ops"]
+    assert "load_gguf_quantized(..., device='cpu')" in g["wrong_device"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a real GPU (scripts/gpu_check.sh)")
+@pytest.mark.parametrize("quant", ["int8", "int4", "q8_0"])
+def test_cuda_kernels_for_real(quant):
+    torch.manual_seed(0)
+    w, x = torch.randn(112, 576, device="cuda") * 0.02, torch.randn(5, 576, device="cuda")
+    ql = QuantLinear.from_float(w, quant)
+    ref = F.linear(x.bfloat16().float(), ql.dequantize())
+    assert (ql(x) - ref).abs().max() <= 1e-2 * ref.abs().max()
+    cpu = QuantLinear.from_float(w.cpu(), quant)
+    assert torch.allclose(ql.dequantize().cpu(), cpu.dequantize(), rtol=0, atol=0)
