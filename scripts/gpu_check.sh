@@ -116,6 +116,8 @@ EOF
 gpu_tests() {
   if [ ! -f tests/test_gpu_path.py ]; then echo "tests/test_gpu_path.py is not in this tree: nothing to run"; return 0; fi
   "$PY" -m pytest -x -q -p no:cacheprovider tests/test_gpu_path.py
+  # chapter 10's CUDA int8/int4 kernels against their CPU references, on the real GPU (skipped where there is none)
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_quant.py -k cuda_kernels_for_real
 }
 
 nccl_generate() {

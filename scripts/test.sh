@@ -39,14 +39,14 @@ if ! { command -v chromium && command -v chromedriver; } >/dev/null; then
   fi
 fi
 
-# torch picks its CPU kernels (and the int4 packing layout) by the CPU's vector width: run the quantization and
-# kernel tests once more under each lower capability this CPU allows (the full run below uses the native one).
-native=$("$bin/python" -c 'import torch; print(torch.backends.cpu.get_cpu_capability().lower())')
-case "$native" in avx512) lower="avx2 default" ;; avx2) lower="default" ;; *) lower="" ;; esac
-for cap in $lower; do
-  echo "== quantization and kernel tests under ATEN_CPU_CAPABILITY=$cap (native: $native)"
-  ATEN_CPU_CAPABILITY=$cap "$bin/python" -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_kernels.py
-  ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/10_quantization.ipynb
+# torch picks its CPU kernels (and the int4 packing layout) by the CPU's vector width: run the quantization, kernel
+# and GGUF tests and chapters 09-11 once more under each lower capability this CPU allows (the full run below uses
+# the native one). torch.compile's own C++ is not reliable below the native width (ch 10): those tests skip there.
+caps=$("$bin/python" -c 'from llama_lit.quant import cpu_capabilities; print(*cpu_capabilities()[:-1])')
+for cap in $caps; do
+  echo "== quantization, kernel and GGUF tests under ATEN_CPU_CAPABILITY=$cap"
+  ATEN_CPU_CAPABILITY=$cap "$bin/python" -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_kernels.py tests/test_gguf.py
+  for nb in 09_gguf 10_quantization 11_cpu_kernels; do ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/$nb.ipynb; done
 done
 
 echo "== pytest"
