@@ -65,8 +65,8 @@ class TrainConfig:
     "Model shape and optimisation settings for `train` (defaults: the model shipped in the package)."
     dim: int = 192
     n_layers: int = 4
-    n_heads: int = 6
-    n_kv_heads: int = 3
+    n_heads: int = 8                   # 8 query heads of 24 dimensions ...
+    n_kv_heads: int = 4                # ... sharing 4 key/value heads (GQA); both split over 1, 2 or 4 processes
     multiple_of: int = 64
     seq_len: int = 256
     batch_size: int = 16
