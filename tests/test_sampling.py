@@ -206,7 +206,7 @@ def test_cli_refuses_before_loading(capsys, command, argv, msg):
 
 
 def test_cli_flags_reach_the_model(capsys):
-    """The shipped Shakespeare model, whose greedy text loops after this prompt: the flags change what it prints,
+    """The shipped Shakespeare model: top-k and the repetition penalty change what it prints after this prompt,
     to exactly what the API returns."""
     prompt, argv = "ROMEO:\nI", ["--temperature", "0", "--max-gen-len", "48", "--top-k", "4", "--repetition-penalty", "1.3"]
     assert main(["generate", prompt, *argv]) == 0
