@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llama_lit.attention import LLAMA_CONFIGS, ModelArgs, init_model_parallel, kv_cache_bytes, no_weight_init  # noqa: E402
+from llama_lit.attention import LLAMA_CONFIGS, ModelArgs, init_model_parallel, kv_cache_bytes, meta_init  # noqa: E402
 from llama_lit.fast import FastForward  # noqa: E402
 from llama_lit.generation import Llama  # noqa: E402
-from llama_lit.model import Transformer, count_params  # noqa: E402
+from llama_lit.model import Transformer, count_params, materialize_buffers  # noqa: E402
 from llama_lit.checkpoint import convert_meta_state_dict_to_hf, params_to_hf_config  # noqa: E402
 from llama_lit.quant import QUANTS, bits_per_weight, matmul_shapes, quantize_model  # noqa: E402
 
@@ -202,23 +202,11 @@ def default_dtype(dtype: torch.dtype):
     finally: torch.set_default_dtype(old)
 
 
-@contextlib.contextmanager
-def no_fairscale_init():
-    """fairscale's layers allocate their weights with the legacy `torch.Tensor(...)` constructor (on the CPU, whatever
-    torch.device says) and, with several ranks, a whole master matrix to slice: skip that master matrix here, so
-    the CPU memory is never touched; build_llama_lit then gives each weight fresh storage on the target device."""
-    import fairscale.nn.model_parallel.layers as fl
-    old = fl._initialize_affine_weight
-    fl._initialize_affine_weight = lambda *a, **k: None
-    try: yield
-    finally: fl._initialize_affine_weight = old
-
-
 def build_llama_lit(margs: ModelArgs, device: torch.device, dtype: torch.dtype, seed: int = 0, std: float = 0.02) -> Transformer:
     """A random-weight Transformer built directly in `dtype` on `device` (no float32 copy, no CPU copy of the weights):
-    caches, norms and RoPE tables are created there by torch.device(device); fairscale's CPU weights are never
-    written and are replaced by N(0, std²) tensors made on `device`."""
-    with default_dtype(dtype), torch.device(device), no_weight_init(), no_fairscale_init():
+    built on the meta device (`meta_init`, chapter 03), then every weight made on `device` (norms ones, matrices
+    N(0, std²)) and the caches and RoPE table made there too (`materialize_buffers`, chapter 04)."""
+    with default_dtype(dtype), meta_init():
         model = Transformer(margs)
     gen = torch.Generator(device=device).manual_seed(seed) if device.type != "meta" else None
     fresh = {}                                             # id(old Parameter) -> new: a tied output stays tied
@@ -226,12 +214,13 @@ def build_llama_lit(margs: ModelArgs, device: torch.device, dtype: torch.dtype, 
         for name, p in list(mod._parameters.items()):
             if p is None: continue
             if id(p) not in fresh:
-                if name == "weight" and "norm" in mod_name.rsplit(".", 1)[-1]:   # RMSNorm: ones, made on device already
-                    t = p.detach() if (p.device, p.dtype) == (device, dtype) else torch.ones(p.shape, dtype=dtype, device=device)
+                if name == "weight" and "norm" in mod_name.rsplit(".", 1)[-1]:   # RMSNorm: ones
+                    t = torch.ones(p.shape, dtype=dtype, device=device)
                 else:
                     t = torch.empty(p.shape, dtype=dtype, device=device).normal_(0.0, std, generator=gen)
                 fresh[id(p)] = torch.nn.Parameter(t, requires_grad=False)
             setattr(mod, name, fresh[id(p)])
+    materialize_buffers(model, device, dtype)
     for name, b in model.named_buffers():
         if b.device != device: raise RuntimeError(f"{name} was built on {b.device}, not {device}")
     return model.eval()

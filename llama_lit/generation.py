@@ -19,8 +19,7 @@ import fairscale.nn.model_parallel.initialize as fs_init
 
 from .tokenizer import PKG_DIR, Tokenizer, find_tokenizer
 from .attention import ModelArgs, init_model_parallel, kv_cache_bytes, meta_init
-from .model import Transformer, tie_state_dict
-from .rope import precompute_freqs_cis
+from .model import Transformer, materialize_buffers, tie_state_dict
 from .checkpoint import (check_model_files, check_parallel_sizes, checkpoint_format, embedding_layout,
                                   load_model_shard, open_checkpoint, read_model_params)
 from .fast import FastForward
@@ -109,12 +108,7 @@ def build_transformer(args: ModelArgs, state_dict: dict, device=None, dtype=None
     with meta_init(): model = Transformer(args)                  # shapes only: not one weight is allocated
     model.load_state_dict(state_dict, strict=True, assign=True)   # take the loaded tensors as they are
     model.tie_weights()                                          # one tensor again, before .to() below
-    for layer in model.layers:                                   # the caches (not in the checkpoint): made in place
-        attn = layer.attention
-        attn.cache_k = torch.zeros(attn.cache_k.shape, device=device, dtype=dtype)
-        attn.cache_v = torch.zeros(attn.cache_v.shape, device=device, dtype=dtype)
-    model.freqs_cis = precompute_freqs_cis(args.head_dim, args.max_seq_len * 2, args.rope_theta,
-                                           args.rope_scaling()).to(device)   # complex64, computed on the CPU as always
+    materialize_buffers(model, device, dtype)                    # caches and RoPE table (not in the checkpoint), in place
     return model.to(device=device, dtype=dtype).eval()           # the plain attribute freqs_cis keeps its dtype
 
 def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4, device=None, mp: int = 1) -> None:

@@ -17,7 +17,7 @@ from .attention import Attention, ModelArgs, LLAMA_CONFIGS, causal_mask, init_mo
 
 # %% auto #0
 __all__ = ['ffn_hidden_dim', 'FeedForward', 'TransformerBlock', 'uses_vocab_parallel', 'Transformer', 'meta_state_dict',
-           'expected_keys', 'tie_state_dict', 'count_params']
+           'expected_keys', 'tie_state_dict', 'materialize_buffers', 'count_params']
 
 # %% ../nbs/04_ffn_parallel.ipynb #72152ff1
 def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
@@ -123,6 +123,17 @@ def tie_state_dict(sd: dict, tied: bool) -> dict:
         raise ValueError("tie_word_embeddings is set but output.weight differs from tok_embeddings.weight; "
                          "the model is not tied: set tie_word_embeddings to false")
     return {**sd, "output.weight": emb} if emb is not None else sd
+
+# %% ../nbs/04_ffn_parallel.ipynb #ec1a0b7e
+def materialize_buffers(model: Transformer, device, dtype) -> Transformer:
+    "Give a model built on the meta device the tensors no checkpoint holds, made where it runs: zero KV caches in `dtype` and the complex64 RoPE table."
+    p = model.params
+    for layer in model.layers:
+        attn = layer.attention                                  # (max_batch_size, max_seq_len, n_local_kv_heads, head_dim)
+        attn.cache_k = torch.zeros(attn.cache_k.shape, device=device, dtype=dtype)
+        attn.cache_v = torch.zeros(attn.cache_v.shape, device=device, dtype=dtype)
+    model.freqs_cis = precompute_freqs_cis(p.head_dim, p.max_seq_len * 2, p.rope_theta, p.rope_scaling()).to(device)
+    return model
 
 # %% ../nbs/04_ffn_parallel.ipynb #1ac03df9
 def count_params(args: ModelArgs) -> int:

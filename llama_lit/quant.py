@@ -20,9 +20,9 @@ import fairscale.nn.model_parallel.initialize as fs_init
 from fairscale.nn.model_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from gguf import GGMLQuantizationType
 
-from .attention import ModelArgs, no_weight_init
+from .attention import ModelArgs, meta_init
 from .gguf import dequantize_tensor, gguf_to_meta_name, open_gguf, read_gguf_params, torch_shape
-from .model import Transformer, ffn_hidden_dim
+from .model import Transformer, ffn_hidden_dim, materialize_buffers
 
 # %% auto #0
 __all__ = ['INT4_GROUP_SIZES', 'Q8_0_BLOCK', 'Q4_0_BLOCK', 'Q4_1_BLOCK', 'Q8_0_MODES', 'QUANTS', 'matmul_shapes',
@@ -487,7 +487,7 @@ def quantized_transformer(args: ModelArgs, sd: dict, qlayers: dict, dtype=torch.
     elsewhere = sorted({str(d) for d in (next(q.buffers()).device for q in qlayers.values()) if not same(d)})
     if elsewhere: raise ValueError(f"the quantized layers are on {elsewhere}, not {device}: pass the device they were "
                                    f"loaded for, or load them with load_gguf_quantized(..., device={str(device)!r})")
-    with no_weight_init(): model = Transformer(args)          # the matrices' memory is never touched, then dropped
+    with meta_init(): model = Transformer(args)               # shapes only: no float matrix is ever allocated
     layers = quant_linears(model)
     if set(layers) != set(qlayers):
         raise ValueError(f"the quantized layers do not match the model: missing {sorted(set(layers) - set(qlayers))[:4]}, "
@@ -496,9 +496,8 @@ def quantized_transformer(args: ModelArgs, sd: dict, qlayers: dict, dtype=torch.
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [k for k in missing if ".qlinear." not in k]
     if missing or unexpected: raise ValueError(f"state dict: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    model = model.to(dtype).to(device)
-    model.freqs_cis = model.freqs_cis.to(device)
-    return model.eval()
+    materialize_buffers(model, device, dtype)                 # the caches and the RoPE table, made where they live
+    return model.to(dtype).to(device).eval()
 
 # %% ../nbs/10_quantization.ipynb #4bf35273
 def cpu_has_bf16() -> bool:

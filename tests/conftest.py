@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from llama_lit.attention import ModelArgs, init_model_parallel
 from llama_lit.checkpoint import save_checkpoint
@@ -38,3 +39,19 @@ def ckpts(tmp_path_factory):
     "The same random model saved with 1 and with 2 shards."
     d = tmp_path_factory.mktemp("ckpt")
     return {1: write_random_checkpoint(d / "mp1", mp=1), 2: write_random_checkpoint(d / "mp2", mp=2)}
+
+
+class Allocations(TorchDispatchMode):
+    "Bytes of new tensors made by factory ops (empty, zeros, ...), per device type."
+    FACTORIES = ("empty", "empty_strided", "zeros", "ones", "full", "new_empty", "new_zeros", "new_ones", "new_full",
+                 "empty_like", "zeros_like", "ones_like", "full_like", "randn", "rand", "normal", "arange")
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.__name__.split(".")[0] in self.FACTORIES and isinstance(out, torch.Tensor):
+            self.bytes[out.device.type] = self.bytes.get(out.device.type, 0) + out.numel() * out.element_size()
+        return out

@@ -11,9 +11,8 @@ import textwrap
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import HERE, torchrun, write_random_checkpoint
+from conftest import HERE, Allocations, torchrun, write_random_checkpoint
 
 FAKE = HERE / "fake_cuda.py"
 
@@ -177,22 +176,6 @@ def test_ranks_sample_alike_whatever_their_seed(tiny, tmp_path):
     got = dict(line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("TOKENS"))
     assert set(got) == {"0", "1"}
     assert got["0"] == got["1"]
-
-
-class Allocations(TorchDispatchMode):
-    "Bytes of new tensors made by factory ops (empty, zeros, ...), per device type."
-    FACTORIES = ("empty", "empty_strided", "zeros", "ones", "full", "new_empty", "new_zeros", "new_ones", "new_full",
-                 "empty_like", "zeros_like", "ones_like", "full_like", "randn", "rand", "normal", "arange")
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.__name__.split(".")[0] in self.FACTORIES and isinstance(out, torch.Tensor):
-            self.bytes[out.device.type] = self.bytes.get(out.device.type, 0) + out.numel() * out.element_size()
-        return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -299,6 +299,28 @@ def test_load_gguf_quantized_real_model(smol):
     assert torch.equal(a[0, -1].argmax(), b[0, -1].argmax())
 
 
+def test_quantized_transformer_allocates_no_float_matrices():
+    "quantized_transformer builds on the meta device: besides the caches and the RoPE table it allocates nothing (it used to allocate every float32 matrix, then drop it)."
+    from conftest import Allocations
+    from llama_lit.attention import kv_cache_bytes
+    init_model_parallel()
+    args = ModelArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32, max_batch_size=1,
+                     max_seq_len=16)
+    ref = Transformer(args).eval()
+    qlayers = {name: QuantLinear.from_float(m.weight, "int8") for name, m in quant_linears(ref).items()}
+    sd = {k: v for k, v in ref.state_dict().items() if not any(k == n + ".weight" for n in qlayers)}
+    with Allocations() as a:
+        model = quantized_transformer(args, sd, qlayers)
+    caches = kv_cache_bytes(args, batch=1, bytes_per_value=4)
+    freqs = model.freqs_cis.numel() * model.freqs_cis.element_size()
+    matrices = sum(m.weight.numel() * 4 for m in quant_linears(ref).values())
+    assert a.bytes.get("cpu", 0) <= caches + 2 * freqs + 4096 < matrices, (a.bytes, caches, freqs, matrices)
+    tokens = torch.randint(0, 256, (1, 6))
+    with torch.inference_mode():
+        want = quantize_model(copy.deepcopy(ref), "int8")(tokens, 0, use_cache=False)
+        assert torch.equal(model(tokens, 0, use_cache=False), want)
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_input():
