@@ -499,6 +499,11 @@ def main(argv=None):
     fast = "llama_lit fast"
     if args.compile and results["llama_lit fast+compile", 1]["decode"] > results[fast, 1]["decode"]:
         fast = "llama_lit fast+compile"
+    if args.compile and device.type == "cuda":            # the static caches of chapter 07 are what lets them replay
+        from torch._dynamo.utils import counters
+        skips = counters["inductor"]["cudagraph_skips"]
+        say(f"CUDA graphs: inductor's cudagraph_skips = {skips}" + ("" if skips else " (the decode step replays as a graph)"))
+        if skips: loud.append(f"CUDA graphs were skipped {skips} time(s); TORCH_LOGS=perf_hints says why")
     for line in loud: say("WARNING " + line)
     if tp:
         say(f"\ndecode tok/s of {fast} at batch 1 on {world} processes: "
