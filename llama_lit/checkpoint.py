@@ -360,13 +360,24 @@ def convert_meta_state_dict_to_hf(sd: dict, params: dict) -> dict:
 # %% ../nbs/08_checkpoints.ipynb #85feb8cf
 _CONTEXT = {"llama1": 2048, "llama2": 4096, "llama3-": 8192, "llama3.1": 131072, "llama3.2": 131072}
 
+_SHAPE_DEFAULTS = dict(n_kv_heads=None, multiple_of=256, ffn_dim_multiplier=None, norm_eps=1e-5, rope_theta=10000.0,
+                       use_scaled_rope=False, vocab_size=-1)          # ModelArgs' defaults: what a missing key means
+
+def _shape(params: dict) -> dict:
+    "Everything in `params` that tells Meta's published shapes apart, missing keys at ModelArgs' defaults."
+    s = {k: params.get(k, d) for k, d in (("dim", None), ("n_layers", None), ("n_heads", None), *_SHAPE_DEFAULTS.items())}
+    s["n_kv_heads"] = s["n_kv_heads"] or s["n_heads"]                  # None means one key/value head per query head
+    s["use_scaled_rope"], s["rope_theta"], s["norm_eps"] = bool(s["use_scaled_rope"]), float(s["rope_theta"]), float(s["norm_eps"])
+    return s
+
 def known_context_length(params: dict) -> int | None:
-    "The trained context of one of Meta's published shapes (Llama 1: 2048, 2: 4096, 3: 8192, 3.1/3.2: 131072), else None."
-    keys = ("dim", "n_layers", "n_heads", "vocab_size")
+    "The trained context of one of Meta's published shapes (Llama 1: 2048, 2: 4096, 3: 8192, 3.1/3.2: 131072), matched on every shape key (Meta's vocab_size -1 matches any); None for another shape or when two contexts fit."
+    mine, found = _shape(params), set()
     for name, cfg in LLAMA_CONFIGS.items():
-        if all(cfg.get(k) == params.get(k) for k in keys) and bool(cfg.get("use_scaled_rope")) == bool(params.get("use_scaled_rope")):
-            return next(v for prefix, v in _CONTEXT.items() if name.startswith(prefix))
-    return None
+        theirs = _shape(cfg)
+        if all(mine[k] == theirs[k] for k in mine if not (k == "vocab_size" and mine[k] <= 0)):
+            found.add(next(v for prefix, v in _CONTEXT.items() if name.startswith(prefix)))
+    return found.pop() if len(found) == 1 else None
 
 def params_to_hf_config(params: dict, bos_id: int | None = None, eos_id: int | list | None = None) -> dict:
     "A LlamaConfig dict for Meta params (the inverse of `hf_config_to_params`); special ids from the model's tokenizer."

@@ -69,3 +69,17 @@ def test_convert_back_to_hf(hf_dir, tmp_path):
     ids = torch.randint(3, 4000, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert (a(ids).logits - b(ids).logits).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("params, want", [
+    ({"dim": 4096, "multiple_of": 256, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-05, "vocab_size": -1}, 4096),  # Llama-2-7b
+    ({"dim": 5120, "multiple_of": 256, "n_heads": 40, "n_layers": 40, "norm_eps": 1e-05, "vocab_size": -1}, 4096),  # Llama-2-13b
+    ({"dim": 8192, "multiple_of": 4096, "ffn_dim_multiplier": 1.3, "n_heads": 64, "n_kv_heads": 8, "n_layers": 80,
+      "norm_eps": 1e-05, "vocab_size": -1}, 4096),                                                                   # Llama-2-70b
+    ({"dim": 4096, "multiple_of": 256, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-06, "vocab_size": -1}, 2048),  # LLaMA-7B
+    ({"dim": 8192, "multiple_of": 256, "n_heads": 64, "n_layers": 80, "norm_eps": 1e-05, "vocab_size": -1}, 2048),  # LLaMA-65B
+])
+def test_meta_params_get_their_published_context(params, want):
+    "Meta's own params.json files (no context_length): Llama 2 converts with 4096 tokens, not Llama 1's 2048."
+    from llama_lit.checkpoint import params_to_hf_config
+    assert params_to_hf_config({**params, "vocab_size": 32000})["max_position_embeddings"] == want
