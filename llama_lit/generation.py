@@ -62,7 +62,7 @@ def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 def apply_repetition_penalty(logits: torch.Tensor, prev_tokens: torch.Tensor, penalty: float) -> torch.Tensor:
-    "Logits (bsz, vocab) with each token of its row of `prev_tokens` (bsz, n) penalised once (CTRL): >= 0 divided by `penalty`, < 0 multiplied."
+    "Logits (bsz, vocab) with each token of its row of `prev_tokens` (bsz, n) penalised once (transformers' sign rule): >= 0 divided by `penalty`, < 0 multiplied."
     check_sampling(repetition_penalty=penalty)
     if penalty == 1.0 or prev_tokens.numel() == 0: return logits
     vocab = logits.shape[-1]
@@ -392,14 +392,23 @@ def format_dialog_llama3(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
 
 # %% ../nbs/05_generation.ipynb #b4c14322
 def _jinja_env():
-    import jinja2
+    import jinja2, jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     def raise_exception(message): raise jinja2.exceptions.TemplateError(message)
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         import json
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
     def strftime_now(fmt): return time.strftime(fmt)
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    class Generation(jinja2.ext.Extension):
+        "transformers' {% generation %}...{% endgeneration %}: marks the assistant's text for training masks; renders it unchanged."
+        tags = {"generation"}
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+        def _body(self, caller): return caller()
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols", Generation])
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
     return env

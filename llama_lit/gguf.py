@@ -206,7 +206,7 @@ def _torch_q4_0(b: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
     _nibbles(b[:, 2:], out).sub_(8).mul_(s)
 
 def _torch_q4_1(b: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
-    "Q4_1 blocks (n, 20) with s = (d, m) (n, 2) -> out (n, 32): d · q + m (a multiply, then an add: no fused multiply-add)."
+    "Q4_1 blocks (n, 20) with s = (d, m) (n, 2) -> out (n, 32): d · q + m (d · q is exact: fused or not, one rounding)."
     _nibbles(b[:, 4:], out).mul_(s[:, :1]).add_(s[:, 1:])
 
 # ggml type -> (bytes of float16 scales that start each block, the torch code for a run of blocks)

@@ -188,6 +188,9 @@ class _SentencePiece:
     def __init__(self, path, proto: bytes | None = None):
         try: sp = SentencePieceProcessor(**({"model_file": str(path)} if proto is None else {"model_proto": proto}))
         except Exception as e:
+            if proto is not None:   # a GGUF 'llama' vocabulary that sentencepiece cannot load as a model
+                raise ValueError(f"{path}: the GGUF's 'llama' tokenizer (tokens, scores, types) does not make a "
+                                 f"SentencePiece model ({e}); check tokenizer.ggml.token_type and the *_token_id keys") from None
             raise ValueError(f"{path}: not a SentencePiece model ({e}); llama_lit reads {TOKENIZER_FORMATS}") from None
         self.model = self.sp = sp
         self.n_words, self.bos_id, self.eos_id = sp.vocab_size(), sp.bos_id(), sp.eos_id()
@@ -439,10 +442,13 @@ def _read_gguf(path):
         b = _HF(HFTokenizer.from_str(json.dumps(gguf_tokenizer_json(meta))), bos=g("bos_token_id", -1), eos=g("eos_token_id", -1),
                 add_bos=g("add_bos_token", g("pre") in _LLAMA3_PRE_NAMES), chat_template=meta.get("tokenizer.chat_template"))
     elif kind == "llama":
-        tokens = g("tokens")
+        tokens, unk = g("tokens"), g("unknown_token_id", 0)
+        # SentencePiece allows one unknown piece; files such as Phi-3's mark padding pieces unknown too. llama.cpp puts
+        # unknown-type pieces with the control ones (matched only as special tokens), so they become control pieces here.
+        types = [3 if t == 2 and i != unk else t for i, t in enumerate(g("token_type") or [1] * len(tokens))]
         b = _SentencePiece(path, proto=sentencepiece_proto(
-            tokens, g("scores") or [0.0] * len(tokens), g("token_type") or [1] * len(tokens), bos_id=g("bos_token_id", 1),
-            eos_id=g("eos_token_id", 2), unk_id=g("unknown_token_id", 0), add_dummy_prefix=g("add_space_prefix", True),
+            tokens, g("scores") or [0.0] * len(tokens), types, bos_id=g("bos_token_id", 1),
+            eos_id=g("eos_token_id", 2), unk_id=unk, add_dummy_prefix=g("add_space_prefix", True),
             remove_extra_whitespaces=g("remove_extra_whitespaces", False)))
         b.add_bos, b.chat_template = g("add_bos_token", True), meta.get("tokenizer.chat_template")
     else:

@@ -374,3 +374,32 @@ def test_missing_bos_is_an_error(tmp_path):
     assert tok.encode("ab", bos=False, eos=False) == [0, 1]
     with pytest.raises(ValueError, match="no BOS token"):
         tok.encode("ab", bos=True, eos=False)
+
+
+def test_gguf_sentencepiece_extra_unknown_pieces(tmp_path):
+    "Phi-3-style: padding pieces typed unknown (2) besides unknown_token_id load as llama.cpp reads them (as control pieces)."
+    from sentencepiece import SentencePieceProcessor
+    sp = SentencePieceProcessor(model_file=str(default_tokenizer_path()))
+    n = sp.vocab_size()
+    types = [6 if sp.is_byte(i) else 3 if sp.is_control(i) else 2 if sp.is_unknown(i) else 1 for i in range(n)]
+    pads = [f"[PAD{n + k:05d}]" for k in range(53)]
+    path = _gguf(tmp_path / "phi3ish.gguf", add_tokenizer_model="llama", add_token_list=[sp.id_to_piece(i) for i in range(n)] + pads,
+                 add_token_scores=[sp.get_score(i) for i in range(n)] + [0.0] * 53, add_token_types=types + [2] * 53,
+                 add_bos_token_id=1, add_eos_token_id=2, add_unk_token_id=0)
+    tok = Tokenizer(path)
+    assert tok.n_words == n + 53 and all(tok.special_tokens[p] == n + k for k, p in enumerate(pads))
+    assert tok.stop_tokens == [2]
+    for s in TEXTS + [" ".join(pads[:3])]:
+        assert tok.encode(s, bos=True, eos=False) == [1] + sp.encode(s), s[:40]      # plain text: the pads never appear
+    assert tok.encode("hi" + pads[7], bos=False, eos=False, allow_special=True) == sp.encode("hi") + [n + 7]
+    assert tok.decode(sp.encode("hello there")) == "hello there"
+
+
+def test_gguf_sentencepiece_bad_vocabulary_message(tmp_path):
+    "A GGUF vocabulary sentencepiece cannot load is named as the GGUF's tokenizer, not as 'a SentencePiece model'."
+    path = _gguf(tmp_path / "bad.gguf", add_tokenizer_model="llama", add_token_list=["<unk>", "<s>", "</s>", "a", "a"],
+                 add_token_scores=[0.0] * 5, add_token_types=[2, 3, 3, 1, 1], add_bos_token_id=1, add_eos_token_id=2,
+                 add_unk_token_id=0)
+    with pytest.raises(ValueError, match="the GGUF's 'llama' tokenizer") as e:
+        Tokenizer(path)
+    assert "not a SentencePiece model" not in str(e.value)
