@@ -5,6 +5,9 @@
 # %% ../nbs/07_performance.ipynb #ad882242
 from __future__ import annotations
 
+import bisect
+import functools
+import inspect
 import math
 
 import torch
@@ -18,7 +21,7 @@ from .model import Transformer, count_params
 
 # %% auto #0
 __all__ = ['weight_bytes_per_token', 'decode_bytes_per_step', 'decode_bound', 'rope_tables', 'apply_rotary_real',
-           'head_major_cache', 'FastForward']
+           'head_major_cache', 'FastForward', 'span_ladder']
 
 # %% ../nbs/07_performance.ipynb #c8a557e1
 def weight_bytes_per_token(args: ModelArgs, bytes_per_value: int = 2) -> int:
@@ -98,8 +101,7 @@ class FastForward:
         self.fused = _fuse_all(model, floats=kernels) if self.plain_linear else {}   # chapter 11's kernels, per module
         self.cos, self.sin = rope_tables(model.freqs_cis)
         self._mark_static()
-        mode = "reduce-overhead" if model.norm.weight.is_cuda else "default"   # on CUDA: replay as a CUDA graph
-        self.decode = torch.compile(self._decode_static, dynamic=False, mode=mode) if compile else None
+        self.decode = self._compile_decode() if compile else None   # defined with the decode step, below
 
     def _linear(self, layer, x):
         "fairscale's parallel linear; on one process just the matmul, on several the same math with functional collectives."
@@ -138,12 +140,6 @@ class FastForward:
         "RMSNorm as chapter 01 defines it (statistics in float32); with fused_norm, as one F.rms_norm call."
         if not self.fused_norm: return norm(x)
         return F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).type_as(x) * norm.weight
-
-    def span(self, pos: int) -> int:
-        "Cache rows a compiled decode step reads at position `pos`: a power of two from 128 up, at most max_seq_len (one graph each)."
-        span = 128
-        while span <= pos: span *= 2
-        return min(span, self.model.params.max_seq_len)
 
     def _check(self, tokens, start_pos):
         p = self.model.params
@@ -264,3 +260,34 @@ def _decode_static(self: FastForward, tokens, pos, span: int):
     return self._head(self._blocks(self._embed(tokens), attention))
 
 FastForward._decode_static = _decode_static
+
+# %% ../nbs/07_performance.ipynb #253ab0bd
+@functools.lru_cache
+def span_ladder(max_seq_len: int, limit: int = 8, smallest: int = 128) -> tuple[int, ...]:
+    "Cache spans a compiled decode step may read, ascending, the last max_seq_len: powers of two from `smallest`, or, if more than `limit` would be needed, `limit` spans in equal ratios (multiples of `smallest`)."
+    if limit < 1: raise ValueError(f"limit={limit}: dynamo's recompile_limit must be at least 1 for a compiled decode step")
+    spans = []
+    while smallest * 2 ** len(spans) < max_seq_len: spans.append(smallest * 2 ** len(spans))
+    spans.append(max_seq_len)
+    if len(spans) <= limit: return tuple(spans)
+    if limit == 1: return (max_seq_len,)
+    r = (max_seq_len / smallest) ** (1 / (limit - 1))                  # equal ratios from smallest to max_seq_len
+    return tuple(sorted({min(max_seq_len, smallest * math.ceil(r ** i - 1e-9)) for i in range(limit)}))
+
+def _span(self: FastForward, pos: int) -> int:
+    "Cache rows a compiled decode step reads at position `pos`: the first span of `span_ladder` above pos (one graph each)."
+    spans = span_ladder(self.model.params.max_seq_len, torch._dynamo.config.recompile_limit)
+    return spans[min(bisect.bisect_right(spans, pos), len(spans) - 1)]
+
+def _compile_decode(self: FastForward):
+    "torch.compile of `_decode_static`; where torch.compile allows it, with a recompile budget of its own: every span at every batch size."
+    p, limit = self.model.params, torch._dynamo.config.recompile_limit
+    mode = "reduce-overhead" if self.model.norm.weight.is_cuda else "default"   # on CUDA: replay as a CUDA graph
+    budget = {}
+    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:     # torch 2.13
+        n_graphs = len(span_ladder(p.max_seq_len, limit)) * p.max_batch_size
+        budget = dict(isolate_recompiles=True, recompile_limit=max(limit, n_graphs))
+    return torch.compile(self._decode_static, dynamic=False, mode=mode, **budget)
+
+FastForward.span, FastForward._compile_decode = _span, _compile_decode
+

@@ -106,3 +106,57 @@ def test_compiled_step_mutates_only_static_inputs():
     static = {n.name for n in inputs if n.meta.get("tensor_dict", {}).get("_dynamo_static_input_type")}
     assert all(n.name in static for n in mutated)
     assert {n.name for n in inputs} - static == {"l_tokens_", "l_pos_"}   # only the step's own inputs get copied
+
+
+def tiny_long(max_seq_len, max_batch_size=1):
+    "One tiny layer with a long context: the caches and RoPE tables are a few MB even at 131072 positions."
+    torch.manual_seed(0)
+    return Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64, multiple_of=32,
+                                 max_batch_size=max_batch_size, max_seq_len=max_seq_len)).eval()
+
+
+@pytest.mark.parametrize("max_seq_len", [2048, 65536, 131072])
+def test_spans_fit_dynamos_recompile_limit(max_seq_len):
+    "One compiled graph per span: more spans than recompile_limit and the longest contexts decode eagerly (powers of two from 128 need 10 at 65536)."
+    ff = FastForward(tiny_long(max_seq_len))
+    spans = [ff.span(p) for p in range(max_seq_len)]
+    assert len(set(spans)) <= torch._dynamo.config.recompile_limit
+    assert all(s > p for p, s in enumerate(spans)) and max(spans) == max_seq_len   # every position is covered
+    assert spans == sorted(spans)
+    with torch._dynamo.config.patch(recompile_limit=3):                  # read from dynamo's config, not assumed to be 8
+        assert len({ff.span(p) for p in range(0, max_seq_len, 7)} | {ff.span(max_seq_len - 1)}) <= 3
+
+
+def test_span_ladder_keeps_powers_of_two_while_they_fit_and_refuses_a_zero_limit():
+    from llama_lit.fast import span_ladder
+    assert span_ladder(2048, 8) == (128, 256, 512, 1024, 2048)
+    assert span_ladder(100, 8) == (100,) and span_ladder(65536, 1) == (65536,)
+    with pytest.raises(ValueError, match="recompile_limit"):
+        span_ladder(2048, 0)
+
+
+def test_compiled_decode_compiles_every_span_and_batch_size(monkeypatch):
+    "Dynamo itself: with fail_on_recompile_limit_hit, a span or batch size past the budget raises instead of running eagerly."
+    import functools
+    graphs, real = [], torch.compile
+    def backend(gm, example_inputs):
+        graphs.append(gm); return gm
+    @functools.wraps(real)                                              # keeps torch.compile's signature for FastForward
+    def recording_compile(fn, **kw): return real(fn, **{**kw, "backend": backend, "mode": None})
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    torch._dynamo.reset()
+    m = tiny_long(65536, max_batch_size=2)
+    try:
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True), torch.inference_mode():
+            a = FastForward(m, compile=True)
+            starts = sorted({a.span(p) for p in range(65536)})[:-1]     # one position in each span
+            for p in [0] + starts: a(torch.tensor([[1]]), p)
+            n_spans = len(graphs)
+            assert n_spans == len(starts) + 1
+            a(torch.tensor([[1], [2]]), 5)                              # another batch size: its own graph
+            assert len(graphs) == n_spans + 1
+            b = FastForward(m, compile=True)                            # a second model's graphs do not push a's out
+            for p in [0] + starts: b(torch.tensor([[1]]), p)
+            assert len(graphs) == 2 * n_spans + 1
+    finally:
+        torch._dynamo.reset()
