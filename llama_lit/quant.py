@@ -385,7 +385,7 @@ class QuantLinear(PackedWeights):
 Q8_0_MODES = ("int4x2", "int8")
 
 def gguf_qlinear(t, dtype=torch.bfloat16, other: str = "f32", q8_0: str = "int4x2", device="cpu") -> QuantLinear:
-    "One GGUF matrix as a QuantLinear for `device`'s kernels, bits kept: Q4_1/Q4_0 -> int4, Q8_0 -> two int4 halves (q8_0='int8': requantized per channel), F16/BF16/F32 kept; other types dequantized, then `other`."
+    "One GGUF matrix as a QuantLinear for `device`'s kernels, codes kept (scales exact with dtype=float32, rounded to bfloat16 in the default): Q4_1/Q4_0 -> int4, Q8_0 -> two int4 halves (q8_0='int8': requantized per channel), F16/BF16/F32 kept; other types dequantized, then `other`."
     device = torch.device(device)
     _check_device(device)
     if q8_0 not in Q8_0_MODES: raise ValueError(f"q8_0={q8_0!r}; one of {Q8_0_MODES}")

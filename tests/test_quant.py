@@ -187,6 +187,31 @@ def test_real_smollm2_tensors_exact(smol):
     assert torch.equal(ql.dequantize(), torch.from_numpy(dequantize(rows, t.tensor_type)))
 
 
+def test_real_smollm2_default_dtype_rounds_only_the_scales(smol):
+    """The default (bfloat16) compute dtype keeps the file's codes but rounds the kernel's table (d, m + 8d) to bfloat16:
+    the weights it multiplies by are exactly (q - 8)·bf16(d) + bf16(m + 8d), not the file's (chapter 10 says so and
+    prints by how much); each scale is off by at most 2^-8 of itself (bfloat16's unit roundoff)."""
+    tensors = {t.name: t for t in smol.tensors}
+    for name in ("blk.0.attn_q.weight", "blk.29.ffn_gate.weight"):
+        t = tensors[name]
+        ql = gguf_qlinear(t)                                            # the default: bfloat16
+        assert ql.dtype == torch.bfloat16
+        q, d, m = q4_1_blocks(t.data, torch_shape(t))
+        scale, zero = d.float(), m.float() + 8 * d.float()              # (out, in/32) each, exact in float32
+        bs, bz = scale.bfloat16().float(), zero.bfloat16().float()
+        assert ((bs - scale).abs() <= 2 ** -8 * scale.abs()).all() and ((bz - zero).abs() <= 2 ** -8 * zero.abs()).all()
+        want = ((q.float().unflatten(1, (-1, 32)) - 8) * bs[..., None] + bz[..., None]).flatten(1)
+        got, ref = ql.dequantize(), torch.from_numpy(dequantize(t.data, t.tensor_type))
+        assert torch.equal(got, want)                                   # codes as stored, scales rounded, nothing else
+        assert (got != ref).float().mean() > 0.5                        # so not "the file's bits" in bfloat16
+        bound = 2 ** -8 * (8 * scale.abs() + zero.abs())                # |(q-8)·δd + δz| per block
+        assert ((got - ref).abs().unflatten(1, (-1, 32)) <= bound[..., None] * (1 + 1e-6)).all()
+        x = torch.randn(3, ref.shape[1])
+        y = F.linear(x.bfloat16().float(), want)
+        assert torch.allclose(ql(x), y, rtol=0, atol=1e-2 * y.abs().max())
+        assert torch.equal(gguf_qlinear(t, dtype=torch.float32).dequantize(), ref)   # float32: exact
+
+
 # ---------------------------------------------------------------- whole models
 
 def _tiny_model(seed=0, sharp=False):
