@@ -64,12 +64,37 @@ def test_q4_1_and_q8_0_kernels_equal_their_reference(N, K, M):
     assert (q8_0_linear(x, q8, d) - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-6
 
 
+def _same_rounding(x):
+    "The C++ rounding of x (M, K) and quantize_activations' agree bit for bit: codes, d, and s = d·Σq (one float32 product)."
+    load_kernels()                                              # the op exists once the library is loaded
+    q, d, s = torch.ops.llama_lit.quantize_act(x.contiguous())
+    rq, rd = quantize_activations(x)
+    assert torch.equal(d, rd) and torch.equal(s, rd * rq.float().reshape(*rd.shape, 32).sum(-1))
+    return (q != rq).sum().item()
+
+
 def test_activation_rounding_is_bit_exact():
     x = odd_x(5, 1536)
     x[3, :32] = torch.arange(32) * 0.5 - 8                      # exact halves: rounded to even
-    q, d, s = torch.ops.llama_lit.quantize_act(x)
-    rq, rd = quantize_activations(x)
-    assert torch.equal(q, rq) and torch.equal(d, rd)
+    assert _same_rounding(x) == 0
+
+
+def test_activation_rounding_is_bit_exact_on_the_real_model():
+    """The inputs of every KernelLinear in a forward pass of the shipped SmolLM2 GGUF: randn rarely puts x·(127/amax)
+    on a code boundary, real activations do. The old reference's `127 / amax` (in torch reciprocal(amax)·127, two
+    roundings) made 5 of the 2,644,416 codes of this 27-token prompt differ, 3 of them in blk.0.attn_q's input."""
+    from llama_lit.generation import Llama
+    from llama_lit.gguf import smollm2_path
+    llm = Llama.build(smollm2_path(), max_seq_len=128, max_batch_size=1, quant="gguf", kernels=True)
+    seen = []
+    grab = lambda mod, args: seen.append(args[0].reshape(-1, mod.in_features).float()) if isinstance(mod, KernelLinear) else None
+    text = "The capital of France is Paris. The capital of Italy is Rome. Rivers run to the sea, and the sea gives back rain."
+    ids = torch.tensor([llm.tokenizer.encode(text, bos=False, eos=False)])
+    with torch.nn.modules.module.register_module_forward_pre_hook(grab), torch.inference_mode():
+        llm.forward(ids, 0)
+    assert len(seen) == 30 * 4 + 1                              # wq|wk|wv, wo, w1|w3, w2 per layer; the output
+    assert seen[0].shape == (ids.shape[1], 576)                 # blk.0.attn_q's input (fused with k, v)
+    assert [_same_rounding(x) for x in seen] == [0] * len(seen)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -249,3 +274,13 @@ def test_build_only_with_the_flags_it_compiles_for(monkeypatch):
     assert kernels._has_avx2() and kernels_available()          # this machine (the module runs only where they build)
     monkeypatch.setattr(kernels, "_has_avx2", lambda cpuinfo=None: False)
     assert "AVX2, FMA and F16C" in kernels.kernels_unavailable_reason()
+
+
+def test_a_decode_step_reads_96_4_mb():
+    "Chapter 11's bound: SmolLM2's 210 Q4_1 matrices and its Q8_0 output are 96.4 MB, and the KernelLinears hold exactly those bytes."
+    from llama_lit.gguf import open_gguf, smollm2_path
+    mats = [t for t in open_gguf(smollm2_path()).tensors if len(t.shape) == 2]
+    assert sorted(t.tensor_type.name for t in mats).count("Q4_1") == 210 and [t.name for t in mats if t.tensor_type == QT.Q8_0] == ["token_embd.weight"]
+    file_bytes = sum(int(t.n_bytes) for t in mats)
+    assert round(file_bytes / 1e6, 1) == 96.4
+    assert sum(kernel_qlinear(t).nbytes for t in mats) == file_bytes
