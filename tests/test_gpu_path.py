@@ -12,16 +12,9 @@ import textwrap
 import pytest
 import torch
 
-from conftest import HERE, Allocations, torchrun, write_random_checkpoint
+from conftest import HERE, Allocations, torchrun
 
 FAKE = HERE / "fake_cuda.py"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    "The tiny random model of conftest with 1 and 2 shards."
-    d = tmp_path_factory.mktemp("gpu_ckpt")
-    return {1: write_random_checkpoint(d / "mp1", mp=1), 2: write_random_checkpoint(d / "mp2", mp=2)}
 
 
 def fake_run(args, tmp_path, nproc: int = 1, env: dict | None = None, timeout: int = 240):
@@ -56,9 +49,9 @@ def check_on(log: dict, device: str, dtype: str = "bfloat16") -> None:
     return m
 
 
-def test_one_gpu_cli(tiny, tmp_path):
+def test_one_gpu_cli(ckpts, tmp_path):
     "One process: the whole model, its caches and RoPE tables on cuda:0 in bf16; caches static for CUDA graphs; no CPU kernels built."
-    r, (log,) = fake_run(cli(tiny[1]), tmp_path)
+    r, (log,) = fake_run(cli(ckpts[1]), tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ROMEO:" in r.stdout
     m = check_on(log, "cuda:0")
@@ -71,9 +64,9 @@ def test_one_gpu_cli(tiny, tmp_path):
 @pytest.mark.parametrize("quant,op,cpu_op", [("int8", "aten._weight_int8pack_mm.default", None),
                                               ("int4", "aten._weight_int4pack_mm.default",
                                                "aten._weight_int4pack_mm_for_cpu.default")])
-def test_one_gpu_quantized_cli(tiny, tmp_path, quant, op, cpu_op):
+def test_one_gpu_quantized_cli(ckpts, tmp_path, quant, op, cpu_op):
     "--quant on a GPU: the model resolves its device before quantizing, packs on it and runs torch's CUDA kernels."
-    r, (log,) = fake_run(cli(tiny[1], "--quant", quant), tmp_path)
+    r, (log,) = fake_run(cli(ckpts[1], "--quant", quant), tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert log["load_kernels"] == 0
     q = log["models"][0]["qlinear"]
@@ -84,9 +77,9 @@ def test_one_gpu_quantized_cli(tiny, tmp_path, quant, op, cpu_op):
     assert "aten._convert_weight_to_int4pack_for_cpu.default" not in log["ops"]
 
 
-def test_two_gpus_cli(tiny, tmp_path):
+def test_two_gpus_cli(ckpts, tmp_path):
     "Two ranks: each on cuda:LOCAL_RANK, NCCL asked for CUDA tensors (gloo for CPU ones), collectives on the rank's GPU in bf16."
-    r, logs = fake_run(cli(tiny[2]), tmp_path, nproc=2)
+    r, logs = fake_run(cli(ckpts[2]), tmp_path, nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     for rank, log in enumerate(logs):
         assert log["backend"] == "cuda:nccl,cpu:gloo"
@@ -96,9 +89,9 @@ def test_two_gpus_cli(tiny, tmp_path):
         assert any("all_reduce" in o for o in ops) and any("all_gather" in o for o in ops), ops
 
 
-def test_one_gpu_per_rank(tiny, tmp_path):
+def test_one_gpu_per_rank(ckpts, tmp_path):
     "CUDA_VISIBLE_DEVICES per rank: each process sees one GPU, cuda:0, whatever its LOCAL_RANK."
-    r, logs = fake_run(cli(tiny[2]), tmp_path, nproc=2, env={"FAKE_CUDA_DEVICES": "1"})
+    r, logs = fake_run(cli(ckpts[2]), tmp_path, nproc=2, env={"FAKE_CUDA_DEVICES": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     for log in logs: check_on(log, "cuda:0")
 
@@ -111,11 +104,11 @@ llm.text_completion(["ROMEO:"], max_gen_len=2)
 """
 
 
-def test_cpu_model_on_a_gpu_machine(tiny, tmp_path):
+def test_cpu_model_on_a_gpu_machine(ckpts, tmp_path):
     "Llama.build(device='cpu') under torchrun on a GPU machine: float32 on the CPU, its all-reduces over gloo, not NCCL."
     script = tmp_path / "cpu_build.py"
     script.write_text(CPU_BUILD)
-    r, logs = fake_run([script, tiny[2]], tmp_path, nproc=2)
+    r, logs = fake_run([script, ckpts[2]], tmp_path, nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     for log in logs:
         assert "cpu:gloo" in log["backend"] or log["backend"] == "gloo", log["backend"]
@@ -147,9 +140,9 @@ def test_default_dtype(tmp_path):
                    "none": ["cuda:0", "torch.float16", *cpu]}
 
 
-def test_cache_checked_against_gpu_memory(tiny, tmp_path):
+def test_cache_checked_against_gpu_memory(ckpts, tmp_path):
     "A KV cache larger than the GPU's free memory is refused before it is allocated, naming the GPU (not host RAM)."
-    r, _ = fake_run(cli(tiny[1]), tmp_path, env={"FAKE_CUDA_FREE_GIB": "1e-6"})
+    r, _ = fake_run(cli(ckpts[1]), tmp_path, env={"FAKE_CUDA_FREE_GIB": "1e-6"})
     assert r.returncode == 1
     assert "GPU" in r.stderr and "free" in r.stderr and "lower --max-seq-len" in r.stderr, r.stderr[-2000:]
 
@@ -167,11 +160,11 @@ print("TOKENS", rank, json.dumps(out), flush=True)
 """
 
 
-def test_ranks_sample_alike_whatever_their_seed(tiny, tmp_path):
+def test_ranks_sample_alike_whatever_their_seed(ckpts, tmp_path):
     "Two gloo ranks given different seeds: rank 0's seed is used on both, so they draw the same tokens and stop together."
     script = tmp_path / "seeds.py"
     script.write_text(SEEDS)
-    r = torchrun([script, tiny[2]], nproc=2, timeout=180, env={**os.environ, "LLAMA_LIT_DIST_TIMEOUT": "60"})
+    r = torchrun([script, ckpts[2]], nproc=2, timeout=180, env={**os.environ, "LLAMA_LIT_DIST_TIMEOUT": "60"})
     assert r.returncode == 0, r.stderr[-3000:]
     got = dict(line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("TOKENS"))
     assert set(got) == {"0", "1"}
@@ -179,14 +172,14 @@ def test_ranks_sample_alike_whatever_their_seed(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_build_allocates_no_weights(tiny, dtype):
+def test_build_allocates_no_weights(ckpts, dtype):
     "build_transformer allocates only the KV caches and RoPE table: no fp32 weights of its own that the checkpoint's then replace."
     from llama_lit.attention import ModelArgs, kv_cache_bytes
     from llama_lit.checkpoint import load_model_shard, read_model_params
     from llama_lit.generation import build_transformer
-    params = read_model_params(tiny[1])
+    params = read_model_params(ckpts[1])
     args = ModelArgs.from_params(params, max_seq_len=64, max_batch_size=2)
-    sd = load_model_shard(tiny[1], params)
+    sd = load_model_shard(ckpts[1], params)
     weights = sum(v.numel() * 4 for v in sd.values())
     with Allocations() as a:
         model = build_transformer(args, sd, "cpu", dtype)
