@@ -40,7 +40,7 @@ setuptools.setup(
     ] + [f"Programming Language :: Python :: {v}" for v in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=["llama_lit", "llama_lit.*"]),
     include_package_data=True,
-    package_data={"llama_lit": ["assets/*", "assets/shakespeare/*"]},
+    package_data={"llama_lit": ["assets/*", "assets/shakespeare/*", "csrc/*.cpp", "csrc/*.h"]},   # csrc: C++ kernels
     install_requires=requirements,
     extras_require={"dev": dev_requirements},
     python_requires=">=" + min_python,

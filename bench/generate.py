@@ -26,17 +26,17 @@ import ctypes
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llama_lit.attention import LLAMA_CONFIGS, ModelArgs, init_model_parallel, kv_cache_bytes, meta_init  # noqa: E402
-from llama_lit.fast import FastForward  # noqa: E402
-from llama_lit.generation import Llama  # noqa: E402
-from llama_lit.model import Transformer, count_params, materialize_buffers  # noqa: E402
-from llama_lit.checkpoint import convert_meta_state_dict_to_hf, params_to_hf_config  # noqa: E402
-from llama_lit.quant import QUANTS, bits_per_weight, matmul_shapes, quantize_model  # noqa: E402
+from llama_lit import Llama
+from llama_lit.config import LLAMA_CONFIGS, ModelArgs, count_params
+from llama_lit.parallel import init_model_parallel, meta_init
+from llama_lit.attention import kv_cache_bytes
+from llama_lit.model import Transformer, materialize_buffers
+from llama_lit.fast import FastForward
+from llama_lit.checkpoint import convert_meta_state_dict_to_hf, params_to_hf_config
+from llama_lit.quant import QUANTS, bits_per_weight, matmul_shapes, quantize_model
 
 CPU_DEFAULT = dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, vocab_size=32000, multiple_of=256)   # 124.7M
 TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32)

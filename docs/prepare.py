@@ -41,11 +41,32 @@ def directives(src: str) -> dict:
     return out
 
 
+def _patched_class(f: ast.FunctionDef) -> str | None:
+    "The class a function is added to by `@patch` (its first parameter's annotation) or `@patch_to(Cls, ...)`."
+    for d in f.decorator_list:
+        if isinstance(d, ast.Name) and d.id == "patch" and f.args.args and f.args.args[0].annotation is not None:
+            ann = f.args.args[0].annotation
+            return ann.value if isinstance(ann, ast.Constant) else ast.unparse(ann)
+        if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "patch_to" and d.args:
+            return ast.unparse(d.args[0])
+    return None
+
+
 def public_names(code: str) -> list[str]:
-    "Top-level public functions and classes a code cell defines."
+    """Public functions and classes a code cell defines, and the public methods of its classes as `Cls.method`
+    (written in the class body, or added with `@patch`/`@patch_to`)."""
     try: tree = ast.parse(code)
     except SyntaxError: return []
-    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
+    out = []
+    for n in tree.body:
+        if not isinstance(n, (ast.FunctionDef, ast.ClassDef)) or n.name.startswith("_"): continue
+        owner = _patched_class(n) if isinstance(n, ast.FunctionDef) else None
+        if owner: out.append(f"{owner}.{n.name}"); continue
+        out.append(n.name)
+        if isinstance(n, ast.ClassDef):
+            out += [f"{n.name}.{m.name}" for m in n.body if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")
+                    and not any("property" in ast.unparse(d) or "setter" in ast.unparse(d) for d in m.decorator_list)]
+    return out
 
 
 def cell(kind: str, source: str, tags=()) -> dict:

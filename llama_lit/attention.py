@@ -5,243 +5,69 @@
 # %% ../nbs/03_attention_kvcache.ipynb #9750574d
 from __future__ import annotations
 
-import contextlib
-import datetime
-import io
 import math
-import os
-from dataclasses import dataclass, asdict
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-import fairscale.nn.model_parallel.initialize as fs_init
 from fairscale.nn.model_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
+from .core import patch
+from .config import LLAMA_CONFIGS, ModelArgs
+from .parallel import linear_init, model_parallel_size
 from .rope import apply_rotary_emb, precompute_freqs_cis
 
+# their old home was this module: `from llama_lit.attention import ModelArgs, meta_init, ...` keeps working
+from .parallel import dist_context, dist_timeout, init_model_parallel, local_cuda_device, meta_init
+from .parallel import no_weight_init
+_linear_init = linear_init
+
 # %% auto #0
-__all__ = ['LLAMA_CONFIGS', 'ModelArgs', 'dist_timeout', 'dist_context', 'local_cuda_device', 'init_model_parallel',
-           'causal_mask', 'repeat_kv', 'no_weight_init', 'meta_init', 'Attention', 'kv_cache_bytes']
-
-# %% ../nbs/03_attention_kvcache.ipynb #9de8ce20
-@dataclass
-class ModelArgs:
-    dim: int = 4096
-    n_layers: int = 32
-    n_heads: int = 32
-    n_kv_heads: int | None = None       # None: as many as n_heads (no GQA)
-    vocab_size: int = -1                # set from the tokenizer
-    multiple_of: int = 256              # SwiGLU hidden size is rounded up to a multiple of this
-    ffn_dim_multiplier: float | None = None
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0         # Llama 3: 500000
-    use_scaled_rope: bool = False       # Llama 3.1/3.2: scale the low RoPE frequencies (chapter 02)
-    rope_scaling_factor: float = 8.0    # 8 for Llama 3.1; 32 for the Llama 3.2 1B/3B configs
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_seq_len: int = 8192
-    tie_word_embeddings: bool = False   # output.weight is tok_embeddings.weight (Llama 3.2 1B/3B)
-    vocab_parallel_embedding: bool = False  # Llama 3: tok_embeddings split by vocabulary rows across processes
-    context_length: int | None = None   # the context the model was trained for (None: unknown)
-    max_batch_size: int = 32
-    max_seq_len: int = 2048
-
-    def __post_init__(self):
-        for name in ("dim", "n_layers", "n_heads", "max_batch_size", "max_seq_len"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1):
-            raise ValueError(f"n_kv_heads must be a positive integer or None, got {self.n_kv_heads!r}")
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
-        if self.n_heads % (self.n_kv_heads or self.n_heads):
-            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even: RoPE rotates pairs of dimensions")
-        if self.use_scaled_rope and not (self.rope_scaling_factor >= 1
-                                         and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
-            raise ValueError(f"RoPE scaling needs factor >= 1 and 0 < low_freq_factor < high_freq_factor, got "
-                             f"{self.rope_scaling_factor}, {self.rope_low_freq_factor}, {self.rope_high_freq_factor}")
-
-    @property
-    def head_dim(self) -> int: return self.dim // self.n_heads
-
-    def rope_scaling(self) -> dict | None:
-        "The Llama 3.1 frequency scaling for `precompute_freqs_cis` (chapter 02), or None for plain RoPE."
-        if not self.use_scaled_rope: return None
-        return dict(factor=self.rope_scaling_factor, low_freq_factor=self.rope_low_freq_factor,
-                    high_freq_factor=self.rope_high_freq_factor, original_max_seq_len=self.rope_original_max_seq_len)
-
-    @classmethod
-    def from_params(cls, params: dict, **overrides) -> "ModelArgs":
-        "Build from a `params.json` dict; a key this code does not implement is refused, never dropped."
-        if not isinstance(params, dict):
-            raise ValueError(f"params must be a JSON object (a dict), got {type(params).__name__}")
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"params.json has keys llama_lit does not implement: {unknown}; running without them "
-                             f"could be a different model (known keys: {sorted(cls.__dataclass_fields__)})")
-        merged = {**params, **overrides}
-        if merged.get("rope_scaling_factor") is None: merged.pop("rope_scaling_factor", None)   # Meta writes null
-        return cls(**merged)
-
-# %% ../nbs/03_attention_kvcache.ipynb #b679cfc8
-_LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, norm_eps=1e-5, vocab_parallel_embedding=True)
-LLAMA_CONFIGS = {
-    "llama1-7b":  dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256, norm_eps=1e-6, vocab_size=32000),
-    "llama1-13b": dict(dim=5120, n_layers=40, n_heads=40, multiple_of=256, norm_eps=1e-6, vocab_size=32000),
-    "llama1-33b": dict(dim=6656, n_layers=60, n_heads=52, multiple_of=256, norm_eps=1e-6, vocab_size=32000),
-    "llama1-65b": dict(dim=8192, n_layers=80, n_heads=64, multiple_of=256, norm_eps=1e-5, vocab_size=32000),
-    "llama2-7b":  dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256, norm_eps=1e-5, vocab_size=32000),
-    "llama2-13b": dict(dim=5120, n_layers=40, n_heads=40, multiple_of=256, norm_eps=1e-5, vocab_size=32000),
-    "llama2-70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3,
-                       norm_eps=1e-5, vocab_size=32000),
-    "llama3-8b":  dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3, **_LLAMA3),
-    "llama3.1-8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3,
-                        use_scaled_rope=True, **_LLAMA3),
-    "llama3.1-70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3,
-                         use_scaled_rope=True, **_LLAMA3),
-    "llama3.2-1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, multiple_of=256, ffn_dim_multiplier=1.5,
-                        use_scaled_rope=True, rope_scaling_factor=32.0, tie_word_embeddings=True, **_LLAMA3),
-    "llama3.2-3b": dict(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, multiple_of=256, ffn_dim_multiplier=1.0,
-                        use_scaled_rope=True, rope_scaling_factor=32.0, tie_word_embeddings=True, **_LLAMA3),
-}
-
-# %% ../nbs/03_attention_kvcache.ipynb #c4c58e9e
-def dist_timeout() -> float:
-    "Seconds a collective waits for a missing rank (LLAMA_LIT_DIST_TIMEOUT, default 300)."
-    raw = os.environ.get("LLAMA_LIT_DIST_TIMEOUT", "300")
-    try: t = float(raw)
-    except ValueError: t = -1
-    if not t > 0: raise ValueError(f"LLAMA_LIT_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
-    return t
-
-def dist_context() -> str:
-    "Where an error happened, for messages: rank, world size and the process-group timeout."
-    if not dist.is_initialized() or dist.get_world_size() == 1: return ""
-    return (f" (rank {dist.get_rank()} of {dist.get_world_size()}; process-group timeout {dist_timeout():g} s, "
-            "set LLAMA_LIT_DIST_TIMEOUT to change it)")
-
-@contextlib.contextmanager
-def _groups_time_out(seconds: float):
-    "fairscale's model-parallel groups come from dist.new_group, whose default is 30 minutes: give them our timeout."
-    new_group = dist.new_group
-    dist.new_group = lambda *a, **kw: new_group(*a, **{"timeout": datetime.timedelta(seconds=seconds), **kw})
-    try: yield
-    finally: dist.new_group = new_group
-
-def local_cuda_device() -> int:
-    "This process's GPU index: LOCAL_RANK when the process sees all of the machine's GPUs, 0 when it sees one (CUDA_VISIBLE_DEVICES set per rank)."
-    n, local = torch.cuda.device_count(), int(os.environ.get("LOCAL_RANK", 0))
-    if n == 1: return 0
-    if not 0 <= local < n:
-        raise ValueError(f"LOCAL_RANK={local} but this process sees {n} GPUs; start at most {n} processes per machine, "
-                         "or give each process its own GPU with CUDA_VISIBLE_DEVICES")
-    return local
-
-def init_model_parallel(model_parallel_size: int | None = None, device=None) -> int:
-    "Set up torch.distributed (NCCL for CUDA tensors, gloo for CPU ones) and fairscale's model-parallel group if needed; return the model-parallel size. `device`: where the model will live (None: CUDA when available)."
-    if not dist.is_initialized():
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:            # started by torchrun
-            cuda = torch.cuda.is_available()
-            device = torch.device(device if device is not None else ("cuda" if cuda else "cpu"))
-            if device.type == "cuda":                                       # this rank's GPU, before any CUDA tensor
-                torch.cuda.set_device(device.index if device.index is not None else local_cuda_device())
-            timeout = datetime.timedelta(seconds=dist_timeout())
-            dist.init_process_group("cuda:nccl,cpu:gloo" if cuda else "gloo", timeout=timeout)
-            if not cuda and dist.get_world_size() > 1:                      # names the ranks that never arrive
-                dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
-        else:                                                               # plain python / notebook
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    world = dist.get_world_size()
-    if not fs_init.model_parallel_is_initialized():
-        mp = model_parallel_size or world
-        if world % mp:
-            raise ValueError(f"model_parallel_size={mp} does not divide the world size {world}")
-        with contextlib.redirect_stdout(io.StringIO()), _groups_time_out(dist_timeout()):   # fairscale prints its set-up
-            fs_init.initialize_model_parallel(mp)
-    mp = fs_init.get_model_parallel_world_size()
-    if model_parallel_size is not None and model_parallel_size != mp:
-        raise ValueError(f"model-parallel group already has size {mp}, asked for {model_parallel_size}")
-    return mp
+__all__ = ['causal_mask', 'repeat_kv', 'Attention', 'kv_cache_bytes']
 
 # %% ../nbs/03_attention_kvcache.ipynb #8a925c17
 def causal_mask(seqlen: int, start_pos: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
-    "Additive mask (seqlen, start_pos + seqlen): 0 where query i may see key j (j <= start_pos + i), -inf elsewhere."
+    "Additive mask (seqlen, start_pos + seqlen): 0 where query i may see key j (j <= start_pos + i), else -inf."
     mask = torch.full((seqlen, seqlen), float("-inf"), device=device).triu(1)    # new tokens: causal
     cached = torch.zeros((seqlen, start_pos), device=device)                     # cached tokens: all visible
     return torch.hstack([cached, mask]).to(dtype)
 
 # %% ../nbs/03_attention_kvcache.ipynb #49830ea2
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    "(bsz, seqlen, n_kv_heads, head_dim) -> (bsz, seqlen, n_kv_heads * n_rep, head_dim), each head repeated n_rep times."
+    "(bsz, seqlen, n_kv_heads, head_dim) -> (bsz, seqlen, n_kv_heads * n_rep, head_dim): each head n_rep times."
     bs, slen, n_kv_heads, head_dim = x.shape
     if n_rep == 1: return x
     return (x[:, :, :, None, :].expand(bs, slen, n_kv_heads, n_rep, head_dim)
             .reshape(bs, slen, n_kv_heads * n_rep, head_dim))
-
-# %% ../nbs/03_attention_kvcache.ipynb #39bd6c1c
-_INIT_WEIGHTS = [True]
-
-def _linear_init(std: float = 0.02):
-    "Weight initialiser N(0, std²) for the parallel layers (fairscale applies it to the full matrix, then shards)."
-    def init(w):
-        if _INIT_WEIGHTS[-1]: nn.init.normal_(w, mean=0.0, std=std)
-        return w
-    return init
-
-@contextlib.contextmanager
-def no_weight_init():
-    "Build modules without drawing random weights (a checkpoint is about to overwrite them)."
-    _INIT_WEIGHTS.append(False)
-    try: yield
-    finally: _INIT_WEIGHTS.pop()
-
-class _MetaTorch:
-    "What fairscale's layers module sees as `torch` inside meta_init: torch itself, but `torch.Tensor(*size)` on meta."
-    def __getattr__(self, name): return getattr(torch, name)
-    @staticmethod
-    def Tensor(*size): return torch.empty(*size, device="meta")
-
-@contextlib.contextmanager
-def meta_init():
-    "Build modules on the meta device (shapes, no memory) and draw no weights: for a model whose every tensor is about to be assigned."
-    import fairscale.nn.model_parallel.layers as fs_layers
-    fs_layers.torch = _MetaTorch()           # its Parameter(torch.Tensor(rows, cols)) ignores torch.device("meta")
-    try:
-        with torch.device("meta"), no_weight_init(): yield
-    finally: fs_layers.torch = torch
 
 # %% ../nbs/03_attention_kvcache.ipynb #1da974cb
 class Attention(nn.Module):
     "Multi-head attention with RoPE, a preallocated KV cache and grouped-query heads (Meta's names)."
     def __init__(self, args: ModelArgs):
         super().__init__()
-        mp = init_model_parallel()
-        self.n_kv_heads = args.n_heads if args.n_kv_heads is None else args.n_kv_heads
+        mp = model_parallel_size()                     # init_model_parallel() must have set the group up
+        self.n_kv_heads = args.kv_heads
         if args.n_heads % mp or self.n_kv_heads % mp:
             raise ValueError(f"n_heads={args.n_heads} and n_kv_heads={self.n_kv_heads} must both be divisible by "
                              f"the model-parallel size {mp}")
         self.n_local_heads = args.n_heads // mp
         self.n_local_kv_heads = self.n_kv_heads // mp
         self.n_rep = self.n_local_heads // self.n_local_kv_heads
-        self.head_dim = args.dim // args.n_heads
-        col = dict(bias=False, gather_output=False, init_method=_linear_init())
+        self.head_dim = args.head_dim
+        col = dict(bias=False, gather_output=False, init_method=linear_init())
         self.wq = ColumnParallelLinear(args.dim, args.n_heads * self.head_dim, **col)
         self.wk = ColumnParallelLinear(args.dim, self.n_kv_heads * self.head_dim, **col)
         self.wv = ColumnParallelLinear(args.dim, self.n_kv_heads * self.head_dim, **col)
         self.wo = RowParallelLinear(args.n_heads * self.head_dim, args.dim, bias=False, input_is_parallel=True,
-                                    init_method=_linear_init())
+                                    init_method=linear_init())
         cache_shape = (args.max_batch_size, args.max_seq_len, self.n_local_kv_heads, self.head_dim)
         self.register_buffer("cache_k", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("cache_v", torch.zeros(cache_shape), persistent=False)
 
 # %% ../nbs/03_attention_kvcache.ipynb #6b39d3f4
-def _attention_forward(self: Attention, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor,
-                       mask: torch.Tensor | None, use_cache: bool = True) -> torch.Tensor:
+@patch
+def forward(self: Attention, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor,
+            mask: torch.Tensor | None, use_cache: bool = True) -> torch.Tensor:
     "(bsz, seqlen, dim) for tokens at positions start_pos.. -> (bsz, seqlen, dim); their keys/values go into the cache."
     bsz, seqlen, _ = x.shape
     xq = self.wq(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)     # (bsz, seqlen, n_local_heads, head_dim)
@@ -252,26 +78,23 @@ def _attention_forward(self: Attention, x: torch.Tensor, start_pos: int, freqs_c
     if use_cache:
         self.cache_k[:bsz, start_pos : start_pos + seqlen] = xk
         self.cache_v[:bsz, start_pos : start_pos + seqlen] = xv
-        keys = self.cache_k[:bsz, : start_pos + seqlen]                       # (bsz, cache_len + seqlen, n_local_kv_heads, head_dim)
+        keys = self.cache_k[:bsz, : start_pos + seqlen]         # (bsz, start_pos + seqlen, n_local_kv_heads, head_dim)
         values = self.cache_v[:bsz, : start_pos + seqlen]
     else:
         keys, values = xk, xv
 
-    keys = repeat_kv(keys, self.n_rep)                                        # (bsz, cache_len + seqlen, n_local_heads, head_dim)
+    keys = repeat_kv(keys, self.n_rep)                          # (bsz, start_pos + seqlen, n_local_heads, head_dim)
     values = repeat_kv(values, self.n_rep)
-    xq, keys, values = xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)  # (bsz, n_local_heads, *, head_dim)
-    scores = xq @ keys.transpose(2, 3) / math.sqrt(self.head_dim)             # (bsz, n_local_heads, seqlen, cache_len + seqlen)
+    xq, keys, values = xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)   # (bsz, n_local_heads, ...)
+    scores = xq @ keys.transpose(2, 3) / math.sqrt(self.head_dim)   # (bsz, n_local_heads, seqlen, start_pos + seqlen)
     if mask is not None: scores = scores + mask
     scores = F.softmax(scores.float(), dim=-1).type_as(xq)
-    output = scores @ values                                                  # (bsz, n_local_heads, seqlen, head_dim)
-    output = output.transpose(1, 2).contiguous().view(bsz, seqlen, -1)        # (bsz, seqlen, n_local_heads * head_dim)
+    output = scores @ values                                    # (bsz, n_local_heads, seqlen, head_dim)
+    output = output.transpose(1, 2).contiguous().view(bsz, seqlen, -1)   # (bsz, seqlen, n_local_heads * head_dim)
     return self.wo(output)
-
-Attention.forward = _attention_forward
 
 # %% ../nbs/03_attention_kvcache.ipynb #ecefe083
 def kv_cache_bytes(args: ModelArgs, seq_len: int | None = None, batch: int = 1, bytes_per_value: int = 2) -> int:
     "Bytes of the K and V caches of all layers for `batch` sequences of `seq_len` tokens (fp16/bf16 by default)."
     seq_len = args.max_seq_len if seq_len is None else seq_len
-    n_kv = args.n_kv_heads or args.n_heads
-    return 2 * args.n_layers * n_kv * args.head_dim * seq_len * batch * bytes_per_value
+    return 2 * args.n_layers * args.kv_heads * args.head_dim * seq_len * batch * bytes_per_value

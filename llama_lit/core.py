@@ -14,7 +14,8 @@ __all__ = ['patch_to', 'patch', 'moved']
 
 # %% ../nbs/00_core.ipynb #7b4eb112
 def _owner(f) -> type:
-    "The class `f`'s first parameter is annotated with; a string annotation (`from __future__ import annotations`) is looked up in `f`'s module."
+    """The class `f`'s first parameter is annotated with; a string annotation (`from __future__ import annotations`)
+    is looked up in `f`'s module."""
     params = list(inspect.signature(f, eval_str=False).parameters.values())
     ann = params[0].annotation if params else inspect.Parameter.empty
     if isinstance(ann, str): ann = eval(ann, f.__globals__)
@@ -24,7 +25,7 @@ def _owner(f) -> type:
 
 # %% ../nbs/00_core.ipynb #20293353
 def patch_to(cls: type, static: bool = False):
-    "Decorator: set the function on `cls` under its own name (a staticmethod if `static`), with the class in its qualified name."
+    "Decorator: set the function on `cls` under its own name (a staticmethod if `static`), qualified by the class."
     def add(f):
         f.__qualname__ = f"{cls.__name__}.{f.__name__}"
         setattr(cls, f.__name__, staticmethod(f) if static else f)
@@ -32,12 +33,12 @@ def patch_to(cls: type, static: bool = False):
     return add
 
 def patch(f):
-    "Decorator: add `f` as a method of the class its first parameter is annotated with (`def forward(self: Attention, x)`)."
+    "Decorator: add `f` as a method of the class its first parameter is annotated with (`def f(self: Attention)`)."
     return patch_to(_owner(f))(f)
 
 # %% ../nbs/00_core.ipynb #a878cc06
 def moved(module: str, names: dict[str, str]):
-    "A module `__getattr__` that finds each of `names` (name -> new module) in its new module, with a DeprecationWarning."
+    "A module `__getattr__` finding each of `names` (name -> new module) in its new module, with a DeprecationWarning."
     def __getattr__(name: str):
         if name not in names: raise AttributeError(f"module {module!r} has no attribute {name!r}")
         warnings.warn(f"{module}.{name} moved to {names[name]}.{name}; import it from there (the old path goes in the "

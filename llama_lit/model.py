@@ -13,32 +13,29 @@ from fairscale.nn.model_parallel.layers import (ColumnParallelLinear, ParallelEm
 
 from .norm import RMSNorm
 from .rope import precompute_freqs_cis
-from .attention import Attention, ModelArgs, LLAMA_CONFIGS, causal_mask, init_model_parallel, _linear_init
+from .config import LLAMA_CONFIGS, ModelArgs, count_params, ffn_hidden_dim, ffn_sizing, weight_shapes
+from .parallel import linear_init, model_parallel_size
+from .attention import Attention, causal_mask
+
+_ffn_sizing = ffn_sizing      # its name before chapter 03 had a config notebook
 
 # %% auto #0
-__all__ = ['ffn_hidden_dim', 'FeedForward', 'TransformerBlock', 'uses_vocab_parallel', 'Transformer', 'meta_state_dict',
-           'expected_keys', 'tie_state_dict', 'materialize_buffers', 'count_params']
-
-# %% ../nbs/04_ffn_parallel.ipynb #72152ff1
-def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
-    "SwiGLU hidden size: int(2/3 · 4·dim), times ffn_dim_multiplier if given, rounded up to a multiple of `multiple_of`."
-    hidden_dim = int(2 * (4 * dim) / 3)
-    if ffn_dim_multiplier is not None:
-        hidden_dim = int(ffn_dim_multiplier * hidden_dim)
-    return multiple_of * ((hidden_dim + multiple_of - 1) // multiple_of)
+__all__ = ['FeedForward', 'TransformerBlock', 'uses_vocab_parallel', 'Transformer', 'meta_state_dict', 'expected_keys',
+           'tie_state_dict', 'materialize_buffers']
 
 # %% ../nbs/04_ffn_parallel.ipynb #ad96a1cd
 class FeedForward(nn.Module):
     "SwiGLU feed-forward: w2(silu(w1(x)) * w3(x)); w1/w3 column-parallel, w2 row-parallel."
     def __init__(self, dim: int, hidden_dim: int, multiple_of: int, ffn_dim_multiplier: float | None):
         super().__init__()
-        hidden_dim = ffn_hidden_dim(hidden_dim // 4, multiple_of, ffn_dim_multiplier)   # Meta passes hidden_dim = 4*dim
-        self.w1 = ColumnParallelLinear(dim, hidden_dim, bias=False, gather_output=False, init_method=_linear_init())
-        self.w2 = RowParallelLinear(hidden_dim, dim, bias=False, input_is_parallel=True, init_method=_linear_init())
-        self.w3 = ColumnParallelLinear(dim, hidden_dim, bias=False, gather_output=False, init_method=_linear_init())
+        model_parallel_size()                          # init_model_parallel() must have set the group up
+        hidden_dim = ffn_hidden_dim(hidden_dim // 4, multiple_of, ffn_dim_multiplier)   # Meta passes 4 * dim
+        self.w1 = ColumnParallelLinear(dim, hidden_dim, bias=False, gather_output=False, init_method=linear_init())
+        self.w2 = RowParallelLinear(hidden_dim, dim, bias=False, input_is_parallel=True, init_method=linear_init())
+        self.w3 = ColumnParallelLinear(dim, hidden_dim, bias=False, gather_output=False, init_method=linear_init())
 
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))   # (bsz, seqlen, dim) -> (bsz, seqlen, hidden/P) -> (bsz, seqlen, dim)
+    def forward(self, x):   # (bsz, seqlen, dim) -> (bsz, seqlen, hidden_dim / mp) twice -> (bsz, seqlen, dim)
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 # %% ../nbs/04_ffn_parallel.ipynb #34cba63f
 class TransformerBlock(nn.Module):
@@ -68,21 +65,24 @@ class Transformer(nn.Module):
         super().__init__()
         if params.vocab_size <= 0:
             raise ValueError(f"vocab_size must be set (got {params.vocab_size}); take it from the tokenizer's n_words")
-        init_model_parallel()
+        model_parallel_size()                          # init_model_parallel() must have set the group up
         self.params, self.vocab_size, self.n_layers = params, params.vocab_size, params.n_layers
         Embedding = VocabParallelEmbedding if uses_vocab_parallel(params) else ParallelEmbedding
-        self.tok_embeddings = Embedding(params.vocab_size, params.dim, init_method=_linear_init())
+        self.tok_embeddings = Embedding(params.vocab_size, params.dim, init_method=linear_init())
         self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
-        self.output = ColumnParallelLinear(params.dim, params.vocab_size, bias=False, init_method=_linear_init())
+        self.output = ColumnParallelLinear(params.dim, params.vocab_size, bias=False, init_method=linear_init())
         self.tie_weights()
-        # complex64 (2·max_seq_len, head_dim/2); a plain attribute (not a buffer) so .to(bfloat16) cannot drop its imaginary part
+        # complex64 (2 * max_seq_len, head_dim / 2); a plain attribute, not a buffer, so .to(bfloat16) cannot drop
+        # its imaginary part
         self.freqs_cis = precompute_freqs_cis(params.head_dim, params.max_seq_len * 2, params.rope_theta,
                                               params.rope_scaling())
 
     def tie_weights(self):
-        "For a tied model, make output.weight the very tensor of tok_embeddings.weight (again after loading weights)."
-        if self.params.tie_word_embeddings: self.output.weight = self.tok_embeddings.weight
+        """For a tied model, make output.weight the very tensor of tok_embeddings.weight (again after loading
+        weights), as long as `output` is still fairscale's linear: a head swapped for another module keeps its own."""
+        if self.params.tie_word_embeddings and isinstance(self.output, ColumnParallelLinear):
+            self.output.weight = self.tok_embeddings.weight
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = True) -> torch.Tensor:
         "Logits (bsz, seqlen, vocab_size) for `tokens` (bsz, seqlen) placed at positions start_pos.. of the cache."
@@ -105,11 +105,8 @@ def meta_state_dict(sd: dict) -> dict:
     return {k: v for k, v in sd.items() if k != "rope.freqs"}
 
 def expected_keys(n_layers: int, tied: bool = False) -> list[str]:
-    "The state-dict keys of a Meta LLaMA checkpoint with `n_layers` blocks (without rope.freqs; no output.weight if tied)."
-    per_layer = ["attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1",
-                 "feed_forward.w2", "feed_forward.w3", "attention_norm", "ffn_norm"]
-    return (["tok_embeddings.weight"] + [f"layers.{i}.{n}.weight" for i in range(n_layers) for n in per_layer]
-            + ["norm.weight"] + ([] if tied else ["output.weight"]))
+    "The state-dict keys of a Meta checkpoint with `n_layers` blocks (no rope.freqs; no output.weight if tied)."
+    return list(weight_shapes(ModelArgs(n_layers=n_layers, vocab_size=1, tie_word_embeddings=tied)))
 
 def tie_state_dict(sd: dict, tied: bool) -> dict:
     "A state dict ready for a (tied or untied) Transformer: a tied one gets output.weight = tok_embeddings.weight."
@@ -126,31 +123,12 @@ def tie_state_dict(sd: dict, tied: bool) -> dict:
 
 # %% ../nbs/04_ffn_parallel.ipynb #ec1a0b7e
 def materialize_buffers(model: Transformer, device, dtype) -> Transformer:
-    "Give a model built on the meta device the tensors no checkpoint holds, made where it runs: zero KV caches in `dtype` and the complex64 RoPE table."
+    """Give a model built on the meta device the tensors no checkpoint holds, made where it runs: zero KV caches in
+    `dtype` and the complex64 RoPE table."""
     p = model.params
     for layer in model.layers:
-        attn = layer.attention                                  # (max_batch_size, max_seq_len, n_local_kv_heads, head_dim)
+        attn = layer.attention                     # caches: (max_batch_size, max_seq_len, n_local_kv_heads, head_dim)
         attn.cache_k = torch.zeros(attn.cache_k.shape, device=device, dtype=dtype)
         attn.cache_v = torch.zeros(attn.cache_v.shape, device=device, dtype=dtype)
     model.freqs_cis = precompute_freqs_cis(p.head_dim, p.max_seq_len * 2, p.rope_theta, p.rope_scaling()).to(device)
     return model
-
-# %% ../nbs/04_ffn_parallel.ipynb #1ac03df9
-def count_params(args: ModelArgs) -> int:
-    "Number of parameters of a LLaMA model with these args (the output head counted once more unless tied)."
-    d, hd, n_kv = args.dim, args.head_dim, args.n_kv_heads or args.n_heads
-    h = ffn_hidden_dim(d, args.multiple_of, args.ffn_dim_multiplier)
-    attn = 2 * d * args.n_heads * hd + 2 * d * n_kv * hd
-    block = attn + 3 * d * h + 2 * d
-    heads = 1 if args.tie_word_embeddings else 2               # tok_embeddings, and output unless it is the same tensor
-    return heads * args.vocab_size * d + d + args.n_layers * block
-
-# %% ../nbs/04_ffn_parallel.ipynb #5878a25a
-def _ffn_sizing(dim: int, intermediate_size: int) -> dict:
-    "multiple_of / ffn_dim_multiplier that make ffn_hidden_dim(dim, ...) == intermediate_size (Meta's values for this dim first)."
-    meta = [(c["multiple_of"], c.get("ffn_dim_multiplier")) for c in LLAMA_CONFIGS.values() if c["dim"] == dim]
-    for multiple_of, mult in (*meta, (256, None), (4096, 1.3), (1024, 1.3), (256, 1.5), (256, 1.0), (256, 1.3),
-                              (intermediate_size, None)):
-        if ffn_hidden_dim(dim, multiple_of, mult) == intermediate_size:
-            return dict(multiple_of=multiple_of, ffn_dim_multiplier=mult)
-    return dict(multiple_of=intermediate_size, ffn_dim_multiplier=intermediate_size / int(2 * 4 * dim / 3))

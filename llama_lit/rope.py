@@ -15,7 +15,7 @@ import torch
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len")
 
 def rope_freqs(dim: int, theta: float = 10000.0, scaling: dict | None = None) -> torch.Tensor:
-    "Pair frequencies θ_i = theta^(-2i/dim), i < dim/2; with `scaling` (`ModelArgs.rope_scaling()`), Llama 3.1's scaled ones."
+    "Pair frequencies θ_i = theta^(-2i/dim), i < dim/2; with `scaling` (`ModelArgs.rope_scaling()`) Llama 3.1's."
     freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: (dim // 2)].float() / dim))  # (dim/2,)
     if scaling is None: return freqs
     if not isinstance(scaling, dict) or set(scaling) != set(ROPE_SCALING_KEYS):
@@ -24,22 +24,24 @@ def rope_freqs(dim: int, theta: float = 10000.0, scaling: dict | None = None) ->
     return llama3_scale_freqs(freqs, **scaling)
 
 def precompute_freqs_cis(dim: int, end: int, theta: float = 10000.0, scaling: dict | None = None) -> torch.Tensor:
-    "Table of e^{j·m·θ_i} for positions m < `end` and pair frequencies θ_i = theta^(-2i/dim) (scaled if `scaling`): complex64 (end, dim/2)."
+    """Table of e^{j·m·θ_i} for positions m < `end` and pair frequencies θ_i = theta^(-2i/dim) (scaled if `scaling`):
+    complex64 (end, dim/2)."""
     freqs = rope_freqs(dim, theta, scaling)                                          # (dim/2,)
     t = torch.arange(end, dtype=torch.float32)                                       # (end,)
     freqs = torch.outer(t, freqs)                                                    # (end, dim/2): m·θ_i
     return torch.polar(torch.ones_like(freqs), freqs)                               # cos + j·sin
 
 def reshape_for_broadcast(freqs_cis: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    "View freqs_cis (seqlen, head_dim/2) as (1, seqlen, 1, head_dim/2) to broadcast against x (bsz, seqlen, n_heads, head_dim/2)."
+    "View freqs_cis (seqlen, head_dim/2) as (1, seqlen, 1, head_dim/2) to broadcast against x (bsz, seqlen, ...)."
     if freqs_cis.shape != (x.shape[1], x.shape[-1]):
-        raise ValueError(f"freqs_cis has shape {tuple(freqs_cis.shape)}, expected (seqlen, head_dim/2) = {(x.shape[1], x.shape[-1])}")
+        raise ValueError(f"freqs_cis has shape {tuple(freqs_cis.shape)}, "
+                         f"expected (seqlen, head_dim/2) = {(x.shape[1], x.shape[-1])}")
     shape = [d if i == 1 or i == x.ndim - 1 else 1 for i, d in enumerate(x.shape)]
     return freqs_cis.view(*shape)
 
 def apply_rotary_emb(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor):
     "Rotate queries and keys (bsz, seqlen, n_heads, head_dim) by their positions; Meta's interleaved-pair convention."
-    xq_ = torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))   # (bsz, seqlen, n_heads, head_dim/2) complex
+    xq_ = torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))   # (bsz, seqlen, n_heads, head_dim/2)
     xk_ = torch.view_as_complex(xk.float().reshape(*xk.shape[:-1], -1, 2))
     freqs_cis = reshape_for_broadcast(freqs_cis, xq_)
     xq_out = torch.view_as_real(xq_ * freqs_cis).flatten(3)                 # (bsz, seqlen, n_heads, head_dim)
@@ -53,7 +55,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 def rope_cos_sin(dim: int, end: int, theta: float = 10000.0, scaling: dict | None = None):
-    "cos and sin tables (end, dim) in Hugging Face's layout: the dim/2 angles repeated for both halves (scaled if `scaling`)."
+    "Hugging Face's cos and sin tables (end, dim): the dim/2 angles repeated for both halves (scaled if `scaling`)."
     freqs = torch.outer(torch.arange(end, dtype=torch.float32), rope_freqs(dim, theta, scaling))  # (end, dim/2)
     emb = torch.cat((freqs, freqs), dim=-1)                                   # (end, dim)
     return emb.cos(), emb.sin()
@@ -69,7 +71,8 @@ def interleaved_to_half(head_dim: int) -> torch.Tensor:
 
 # %% ../nbs/02_rope.ipynb #410aa98f
 def permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    "Reorder the rows of a q/k projection (n_heads*head_dim, dim) from Meta's interleaved RoPE layout to HF's rotate-half layout."
+    """Reorder the rows of a q/k projection (n_heads*head_dim, dim) from Meta's interleaved RoPE layout to HF's
+    rotate-half layout."""
     out, dim = w.shape
     return w.view(n_heads, out // n_heads // 2, 2, dim).transpose(1, 2).reshape(out, dim)
 
@@ -81,15 +84,18 @@ def permute_hf_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 # %% ../nbs/02_rope.ipynb #fbd398c9
 def llama3_scale_freqs(freqs: torch.Tensor, factor: float = 8.0, low_freq_factor: float = 1.0,
                        high_freq_factor: float = 4.0, original_max_seq_len: int = 8192) -> torch.Tensor:
-    "Llama 3.1's RoPE frequency scaling (Meta's `apply_scaling`, HF `rope_type: llama3`): slow pairs θ/factor, fast pairs kept, a ramp between."
+    """Llama 3.1's RoPE frequency scaling (Meta's `apply_scaling`, HF `rope_type: llama3`): slow pairs θ/factor, fast
+    pairs kept, a ramp between."""
     num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     if not (num(factor) and factor >= 1):
-        raise ValueError(f"RoPE scaling factor must be a number >= 1 (8 for Llama 3.1, 32 for Llama 3.2 1B/3B), got {factor!r}")
+        raise ValueError(f"RoPE scaling factor must be a number >= 1 (8 for Llama 3.1, 32 for Llama 3.2 1B/3B), "
+                         f"got {factor!r}")
     if not (num(low_freq_factor) and num(high_freq_factor) and 0 < low_freq_factor < high_freq_factor):
         raise ValueError(f"RoPE scaling needs 0 < low_freq_factor < high_freq_factor (Llama 3.x: 1 and 4), "
                          f"got low_freq_factor={low_freq_factor!r}, high_freq_factor={high_freq_factor!r}")
     if not (num(original_max_seq_len) and original_max_seq_len > 0):
-        raise ValueError(f"original_max_seq_len must be a positive number of tokens (Llama 3: 8192), got {original_max_seq_len!r}")
+        raise ValueError(f"original_max_seq_len must be a positive number of tokens (Llama 3: 8192), "
+                         f"got {original_max_seq_len!r}")
     low_freq_wavelen = original_max_seq_len / low_freq_factor        # longer than this: θ / factor
     high_freq_wavelen = original_max_seq_len / high_freq_factor      # shorter than this: θ unchanged
     wavelen = 2 * math.pi / freqs                                    # (dim/2,) tokens per turn

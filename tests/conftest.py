@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from llama_lit.attention import ModelArgs, init_model_parallel
+from llama_lit.config import ModelArgs
 from llama_lit.checkpoint import save_checkpoint
 from llama_lit.model import Transformer
+from llama_lit.parallel import init_model_parallel
 from llama_lit.tokenizer import Tokenizer, default_tokenizer_path
 
 HERE = Path(__file__).parent
@@ -32,6 +33,12 @@ def torchrun(args, nproc: int = 2, timeout: int = 240, **kw) -> subprocess.Compl
     "Run `python -m torch.distributed.run --nproc_per_node nproc --standalone *args`; a hang is cut off by `timeout`."
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_parallel_group() -> int:
+    "One process's model-parallel group for the whole session: constructors ask for it, entry points set it up."
+    return init_model_parallel()
 
 
 @pytest.fixture(scope="session")

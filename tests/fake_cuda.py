@@ -181,9 +181,9 @@ def describe(llm) -> dict:
             d["static_caches"].append(getattr(c, "_dynamo_static_input_type", None)
                                       or getattr(base, "_dynamo_static_input_type", None))
     if hasattr(fwd, "cos"): d["rope_tables"] = [_where(fwd.cos), _where(fwd.sin)]
-    for n, mod in m.named_modules():
-        q = getattr(mod, "qlinear", None)
-        if q is not None:
+    from llama_lit.quant import PackedWeights                     # QuantLinear, KernelLinear: the swapped-in matrices
+    for n, q in m.named_modules():
+        if isinstance(q, PackedWeights):
             d["qlinear"][n] = {"type": type(q).__name__, "kind": getattr(q, "kind", None),
                                "buffers": {b: _where(t) for b, t in q.named_buffers()}}
     return d
@@ -191,6 +191,7 @@ def describe(llm) -> dict:
 
 def hook_build() -> None:
     "Record what Llama.build returns, and any call of chapter 11's CPU kernel build."
+    import llama_lit.build                                          # Llama.build is patched onto Llama there
     from llama_lit import generation, kernels
     build = generation.Llama.build
     def logged_build(*a, **kw):

@@ -12,10 +12,11 @@ import torch
 import torch.distributed as dist
 from torch._dynamo.utils import counters
 
-from llama_lit.attention import ModelArgs, init_model_parallel
+from llama_lit.config import ModelArgs
 from llama_lit.fast import FastForward
 from llama_lit.generation import Llama
 from llama_lit.model import Transformer
+from llama_lit.parallel import init_model_parallel
 
 MODELS = {"split-dim": dict(), "vocab-split": dict(vocab_parallel_embedding=True)}
 PROMPTS = [[5, 17, 33, 40, 8], [61, 11, 70]]                       # ragged: 5 and 3 tokens
@@ -32,6 +33,7 @@ def model_args(name: str, n_layers: int = 2) -> ModelArgs:
 
 
 def build(name: str, n_layers: int = 2) -> Transformer:
+    init_model_parallel()                                              # torchrun's ranks, or one process
     torch.manual_seed(0)
     return Transformer(model_args(name, n_layers)).eval()
 

@@ -5,6 +5,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+import llama_lit.build  # noqa: F401  (Llama.build)
 from llama_lit.generation import Llama
 
 

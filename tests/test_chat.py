@@ -1,4 +1,4 @@
-"""Chat formatting (chapter 05): the ids `format_dialog` gives equal transformers' `apply_chat_template(...,
+"""Chat formatting (`llama_lit.chat`): the ids `format_dialog` gives equal transformers' `apply_chat_template(...,
 tokenize=True, add_generation_prompt=True)` on the same tokenizer and template.
 
 SmolLM2: the shipped GGUF, read by llama_lit and by transformers' own GGUF tokenizer loader (its ChatML template
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from llama_lit.generation import format_dialog, format_dialog_llama3, render_chat_template
-from llama_lit.tokenizer import LLAMA3_SPECIAL_TOKENS, Tokenizer, llama3_tokenizer_path
+from llama_lit.assets import llama3_tokenizer_path
+from llama_lit.chat import format_dialog, format_dialog_llama3, render_chat_template
+from llama_lit.tokenizer import LLAMA3_SPECIAL_TOKENS, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,16 +7,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama_lit.attention import ModelArgs
+import llama_lit.build  # noqa: F401  (Llama.build)
+from fairscale.nn.model_parallel.layers import ColumnParallelLinear
+from llama_lit.config import ModelArgs
 from llama_lit.fast import FastForward
 from llama_lit.generation import Llama
 from llama_lit.model import Transformer
+from llama_lit.parallel import init_model_parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class NoStop:
     eos_id, pad_id, stop_tokens = -1, -1, []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_process():
+    init_model_parallel()                                               # Transformer needs the (1-process) group
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +44,46 @@ def test_compiled_decode_gives_the_same_tokens(model):
     ref = Llama(model, NoStop()).generate(prompts(), 24, temperature=0)[0]
     out = Llama(model, NoStop(), forward=FastForward(model, compile=True)).generate(prompts(), 24, temperature=0)[0]
     assert out == ref
+
+
+class Dense(torch.nn.Module):
+    "A float matrix as a module of its own, sharing the tensor: what quant or the kernels swap in, in miniature."
+    def __init__(self, w):
+        super().__init__()
+        self.register_buffer("weight", w.detach())
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight)
+
+
+class Stacked(Dense):
+    "A toy `fuse`: one matmul over the rows of several matrices stacked."
+    def __init__(self, mods):
+        super().__init__(torch.cat([m.weight for m in mods]))
+
+
+def test_stand_ins_are_submodules_of_the_fast_forward_and_agree(model):
+    ref = Llama(model, NoStop()).generate(prompts(), 24, temperature=0)[0]
+    ff = FastForward(model, fuse=Stacked, float_linear=lambda m: Dense(m.weight))
+    assert all(sorted(fast) == ["w13", "w2", "wo", "wqkv"] for fast in ff.linears) and isinstance(ff.output, Dense)
+    assert "(wqkv): Stacked()" in repr(ff)                             # registered: print shows them
+    assert all(isinstance(layer.attention.wq, ColumnParallelLinear) for layer in model.layers)   # the model is untouched
+    assert Llama(model, NoStop(), forward=ff).generate(prompts(), 24, temperature=0)[0] == ref
+    none = FastForward(model, fuse=lambda mods: None, float_linear=lambda m: None)       # nothing made: the model's own
+    assert all(len(fast) == 0 for fast in none.linears) and none.output is None
+
+
+def test_a_module_swapped_into_the_model_is_called_as_a_module():
+    m, calls = small_model(), []
+    class Counting(Dense):
+        def forward(self, x):
+            calls.append(tuple(x.shape)); return super().forward(x)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        ref = FastForward(m)(ids, 0)
+        m.layers[0].attention.wq = Counting(m.layers[0].attention.wq.weight)   # what quant.swap_linears does
+        out = FastForward(m)(ids, 0)
+    assert calls == [(1, 3, 64)] and torch.equal(out, ref)
 
 
 def test_build_uses_the_fast_path_and_agrees(tmp_path):

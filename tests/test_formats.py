@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
+import llama_lit.build  # noqa: F401  (Llama.build)
 from conftest import HERE, torchrun, write_random_checkpoint
-from llama_lit.checkpoint import convert_from_gguf, convert_from_hf, convert_to_hf, full_shapes, read_params
+from llama_lit.checkpoint import convert_from_hf, convert_to_hf, full_shapes, read_params
 from llama_lit.generation import Llama
+from llama_lit.gguf import convert_from_gguf
 
 LLAMA3 = dict(vocab_parallel_embedding=True, use_scaled_rope=True, rope_scaling_factor=8.0, rope_original_max_seq_len=16,
               rope_theta=500000.0)
@@ -85,7 +87,7 @@ def test_meta_hf_meta_round_trip_identical_logits(tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from llama_lit.gguf import smollm2_path
+    from llama_lit.assets import smollm2_path
     return smollm2_path()
 
 

@@ -15,16 +15,24 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFReader, GGUFValueType as V, GGUFWriter
 from gguf.quants import dequantize, quantize
 
-from llama_lit.attention import ModelArgs
-from llama_lit.generation import build_transformer
-from llama_lit.gguf import (SUPPORTED_TYPES, TORCH_DEQUANTIZERS, GGUFFile, dequantize_tensor, gguf_to_meta_name,
-                            gguf_value, llama3_rope_divisors, load_gguf, open_gguf, read_gguf_params, smollm2_path,
-                            torch_shape)
+from llama_lit.assets import smollm2_path
+from llama_lit.build import build_transformer
+from llama_lit.config import ModelArgs
+from llama_lit.gguf import (BLOCK_DTYPES, FLOAT_TYPES, SUPPORTED_TYPES, TORCH_DEQUANTIZERS, dequantize_tensor,
+                            float_tensor, gguf_block_bytes, gguf_blocks, gguf_to_meta_name, llama3_rope_divisors,
+                            load_gguf, pack_nibbles, read_gguf_params, unpack_nibbles)
+from llama_lit.gguf_file import GGUFFile, gguf_value, open_gguf, torch_shape
+from llama_lit.parallel import init_model_parallel
 from llama_lit.model import expected_keys
 from llama_lit.rope import permute_meta_to_hf, precompute_freqs_cis
 from llama_lit.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_process():
+    init_model_parallel()                                # build_transformer builds a Transformer: fairscale's group
 
 
 # ---------------------------------------------------------------- the real model
@@ -504,7 +512,7 @@ def test_parser_equals_gguf_reader_model_files(tmp_path, qtype, tied):
 def test_gguf_file_is_an_open_path(tmp_path):
     """A GGUFFile goes wherever a path goes (os.fspath), open_gguf returns it as is, and load_gguf from it, from a
     GGUFReader and from the path give the same tensors; deleting metadata keys from it (as open_checkpoint does) works."""
-    from llama_lit.checkpoint import checkpoint_format, open_checkpoint, read_model_params
+    from llama_lit.build import checkpoint_format, open_checkpoint, read_model_params
     path = tmp_path / "m.gguf"
     write_gguf(path, TINY, random_state_dict(TINY, True), QT.Q4_1, True)
     f = open_gguf(path)
@@ -584,6 +592,69 @@ def _tensor(qt: QT, blocks: np.ndarray, rows: int):
 
 
 def _bits(x) -> np.ndarray: return np.ascontiguousarray(np.asarray(x, np.float32)).view(np.uint32)
+
+
+# ---------------------------------------------------------------- the block codec: one splitter, one unpacker
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_block_codec_round_trip(qtype):
+    """gguf_blocks' fields are the bytes as stored: gguf_block_bytes writes them back, and through unpack_nibbles they
+    give gguf's weights."""
+    qt = QT[qtype]
+    w = (np.random.default_rng(7).standard_normal((3, 4, 96)) * 0.05).astype(np.float32)   # leading dims kept
+    raw = quantize(w.reshape(-1, 96), qt).reshape(3, 4, -1)
+    f = gguf_blocks(raw, (3, 4, 96), qtype)
+    assert set(f) == set(BLOCK_DTYPES[qt].names) and f["d"].shape == (3, 4, 3) and f["d"].dtype == torch.float16
+    assert f["qs"].shape == ((3, 4, 96) if qt == QT.Q8_0 else (3, 4, 48))
+    assert all(v.is_contiguous() and v.numpy().flags.writeable for v in f.values())
+    assert np.array_equal(gguf_block_bytes(f, qt), raw)
+    q = f["qs"].float() if qt == QT.Q8_0 else unpack_nibbles(f["qs"]).float() - (8 if qt == QT.Q4_0 else 0)
+    d = f["d"].float().repeat_interleave(32, -1)
+    got = d * q + (f["m"].float().repeat_interleave(32, -1) if "m" in f else 0)
+    assert np.array_equal(got.numpy().reshape(-1, 96), dequantize(raw.reshape(12, -1), qt))
+    t = SimpleNamespace(name="t", tensor_type=qt, shape=(96, 4, 3), data=raw)     # a GGUF tensor: ne reversed
+    assert all(torch.equal(a, b) for a, b in zip(gguf_blocks(t).values(), f.values()))
+    assert torch.equal(gguf_blocks(torch.from_numpy(raw), (3, 4, 96), qt.value)["d"], f["d"])  # torch bytes, type number
+
+
+def test_nibbles_ggml_order():
+    "Byte j of a block holds weight j (low nibble) and weight 16 + j (high); pack_nibbles is the inverse."
+    qs = torch.tensor([[j | (15 - j) << 4 for j in range(16)] * 2], dtype=torch.uint8)   # two blocks
+    codes = unpack_nibbles(qs)
+    assert codes.shape == (1, 64) and codes.dtype == torch.uint8
+    assert codes[0, :32].tolist() == list(range(16)) + list(range(15, -1, -1)) == codes[0, 32:].tolist()
+    assert torch.equal(pack_nibbles(codes), qs) and torch.equal(pack_nibbles(codes.int()), qs)
+    c = torch.randint(0, 16, (5, 7, 64), dtype=torch.uint8)
+    assert torch.equal(unpack_nibbles(pack_nibbles(c)), c)
+
+
+def test_block_codec_refuses():
+    with pytest.raises(ValueError, match="cannot hold shape"): gguf_blocks(np.zeros(100, np.uint8), (4, 64), "Q4_1")
+    with pytest.raises(ValueError, match="whole number of 32-weight blocks"):
+        gguf_blocks(np.zeros(34, np.uint8), (1, 33), QT.Q8_0)
+    with pytest.raises(ValueError, match="not Q5_1"): gguf_blocks(np.zeros(24, np.uint8), (1, 32), "Q5_1")
+    with pytest.raises(ValueError, match="needs their shape and qtype"): gguf_blocks(np.zeros(34, np.uint8))
+
+
+def test_float_tensor_keeps_the_bits(tmp_path):
+    "F32/F16/BF16 tensors in their own dtype, bits as stored; dequantize_tensor converts from there; other types refused."
+    a = (np.random.default_rng(3).standard_normal((8, 32)) * 3).astype(np.float32)
+    w = GGUFWriter(tmp_path / "f.gguf", "llama")
+    w.add_tensor("f32", a); w.add_tensor("f16", a.astype(np.float16))
+    w.add_tensor("bf16", quantize(a, QT.BF16), raw_dtype=QT.BF16)
+    w.add_tensor("q8", quantize(a, QT.Q8_0), raw_dtype=QT.Q8_0)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    t = {x.name: x for x in open_gguf(tmp_path / "f.gguf").tensors}
+    want = {"f32": torch.from_numpy(a), "f16": torch.from_numpy(a.astype(np.float16)),
+            "bf16": torch.from_numpy(a).bfloat16()}                      # gguf's BF16 rounds to nearest even, as torch
+    for name, ref in want.items():
+        got = float_tensor(t[name])
+        assert got.dtype == FLOAT_TYPES[t[name].tensor_type] == ref.dtype and got.shape == (8, 32)
+        assert torch.equal(got.view(torch.int16 if got.element_size() == 2 else torch.int32),
+                           ref.view(torch.int16 if ref.element_size() == 2 else torch.int32))
+        assert torch.equal(dequantize_tensor(t[name]), ref.float())
+        assert np.array_equal(dequantize_tensor(t[name]).numpy(), dequantize(t[name].data, t[name].tensor_type))
+    with pytest.raises(ValueError, match="Q8_0, not one of F32, F16, BF16"): float_tensor(t["q8"])
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
@@ -669,7 +740,8 @@ def _nbytes(sd: dict) -> int:
                                            ("F16", False, False)])
 def test_gguf_shard_is_the_slice_of_the_whole(tmp_path, qtype, tied, vp):
     "load_model_shard on a GGUF: each rank's tensors equal split_state_dict of the whole dequantized file."
-    from llama_lit.checkpoint import load_model_shard, split_state_dict
+    from llama_lit.build import load_model_shard
+    from llama_lit.checkpoint import split_state_dict
     p = dict(TINY, dim=128, n_heads=4, n_kv_heads=4)                      # dim 128: 2 ranks get 64 columns = 2 blocks
     write_gguf(tmp_path / "m.gguf", p, random_state_dict(p, tied), QT[qtype], tied)
     params, full = load_gguf(tmp_path / "m.gguf")
@@ -685,7 +757,8 @@ def test_gguf_shard_is_the_slice_of_the_whole(tmp_path, qtype, tied, vp):
 
 def test_gguf_shard_columns_that_split_blocks(tmp_path):
     "Q4_K blocks of 256 over 4 ranks (64 columns each): the fallback, a few rows at a time, still the exact slice."
-    from llama_lit.checkpoint import load_model_shard, split_state_dict
+    from llama_lit.build import load_model_shard
+    from llama_lit.checkpoint import split_state_dict
     from llama_lit.gguf import dequantize_shard, gguf_slice
     p = dict(TINY, dim=256, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=128)
     sd = random_state_dict(p, tied=False)
@@ -706,7 +779,8 @@ def test_gguf_shard_columns_that_split_blocks(tmp_path):
 
 def test_gguf_shard_allocates_a_shard_not_the_model(real):
     "SmolLM2 on 3 ranks: the middle rank allocates (torch) and peaks (numpy) at about a third of the float32 model."
-    from llama_lit.checkpoint import load_model_shard, split_state_dict
+    from llama_lit.build import load_model_shard
+    from llama_lit.checkpoint import split_state_dict
     reader, params, full = real["reader"], real["params"], real["sd"]
     with _TorchBytes() as a:
         shard = load_model_shard(reader, params, 1, 3)

@@ -8,9 +8,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+import llama_lit.build  # noqa: F401  (Llama.build)
+from llama_lit.assets import default_tokenizer_path
 from llama_lit.cli import main
 from llama_lit.generation import Llama
-from llama_lit.tokenizer import Tokenizer, default_tokenizer_path
+from llama_lit.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

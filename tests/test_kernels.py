@@ -1,10 +1,14 @@
 """Chapter 11's CPU kernels: each against its float64 reference (int8 activations rounded exactly as
 `quantize_activations`), GGUF blocks regrouped bit for bit, KernelLinear against its own dequantized weight, the real
 SmolLM2 file through the kernels (logits near the float model's, same answer), torch.compile through the ops, the
-fallback when they cannot build, and bad input -> ValueError. No timings."""
+fallback when they cannot build, and bad input -> ValueError; the C++ is the shipped llama_lit/csrc file, its
+sections are the whole file and the chapter shows each. No timings."""
+import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +16,13 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
-from llama_lit.kernels import (KernelLinear, kernel_qlinear, kernels_available, kernels_unavailable_reason,
-                               load_kernels, q4_1_linear, q8_0_linear, float_linear, quantize_activations,
-                               reference_q4_1_linear, reference_q8_0_linear, split_q4_0_blocks, split_q4_1_blocks,
-                               split_q8_0_blocks, unpack_q4_1)
+from llama_lit.gguf import unpack_nibbles
+from llama_lit.kernels import (KERNEL_SOURCES, KernelLinear, cpp_section, cpp_sections, float_kernel, fuse_rows,
+                               kernel_qlinear, kernels_available, kernels_unavailable_reason, load_kernels,
+                               q4_1_linear, q8_0_linear, float_linear, quantize_activations, reference_q4_1_linear,
+                               reference_q8_0_linear, split_q4_0_blocks, split_q4_1_blocks, split_q8_0_blocks)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(kernels_unavailable_reason() is not None,
                                 reason=f"kernels cannot build here: {kernels_unavailable_reason()}")
@@ -83,8 +90,9 @@ def test_activation_rounding_is_bit_exact_on_the_real_model():
     """The inputs of every KernelLinear in a forward pass of the shipped SmolLM2 GGUF: randn rarely puts x·(127/amax)
     on a code boundary, real activations do. The old reference's `127 / amax` (in torch reciprocal(amax)·127, two
     roundings) made 5 of the 2,644,416 codes of this 27-token prompt differ, 3 of them in blk.0.attn_q's input."""
+    from llama_lit.assets import smollm2_path
+    import llama_lit.build                                      # noqa: F401  (Llama.build)
     from llama_lit.generation import Llama
-    from llama_lit.gguf import smollm2_path
     llm = Llama.build(smollm2_path(), max_seq_len=128, max_batch_size=1, quant="gguf", kernels=True)
     seen = []
     grab = lambda mod, args: seen.append(args[0].reshape(-1, mod.in_features).float()) if isinstance(mod, KernelLinear) else None
@@ -110,7 +118,7 @@ def test_gguf_blocks_regrouped_bit_for_bit():
     for T, split in ((QT.Q4_1, split_q4_1_blocks), (QT.Q4_0, split_q4_0_blocks)):
         raw = quantize(w.numpy(), T)
         qs, d, m = split(raw, w.shape)
-        got = (unpack_q4_1(qs).float().reshape(64, -1, 32) * d.float()[..., None] + m.float()[..., None]).reshape(w.shape)
+        got = (unpack_nibbles(qs).float().reshape(64, -1, 32) * d.float()[..., None] + m.float()[..., None]).reshape(w.shape)
         assert torch.equal(got, torch.from_numpy(dequantize(raw, T)))
     raw = quantize(w.numpy(), QT.Q8_0)
     qs, d = split_q8_0_blocks(raw, w.shape)
@@ -154,11 +162,12 @@ def test_bad_input_is_a_valueerror():
 
 def test_real_model_through_the_kernels():
     "SmolLM2's Q4_1 file: every block matrix a Q4_1 KernelLinear; logits close to the dequantized float model's."
+    from llama_lit.assets import smollm2_path
+    import llama_lit.build                                      # noqa: F401  (Llama.build)
     from llama_lit.generation import Llama
-    from llama_lit.gguf import smollm2_path
     llm = Llama.build(smollm2_path(), max_seq_len=64, max_batch_size=1, quant="gguf", kernels=True)
-    w1 = llm.model.layers[0].feed_forward.w1.qlinear
-    assert isinstance(w1, KernelLinear) and w1.kind == "q4_1" and llm.model.output.qlinear.kind == "q8_0"
+    w1 = llm.model.layers[0].feed_forward.w1                     # swapped in for the fairscale layer
+    assert isinstance(w1, KernelLinear) and w1.kind == "q4_1" and llm.model.output.kind == "q8_0"
     ref = Llama.build(smollm2_path(), max_seq_len=64, max_batch_size=1, quant="gguf", kernels=False)
     ids = torch.tensor([llm.tokenizer.encode("The capital of France is Paris. The capital of Italy is", bos=False, eos=False)])
     with torch.inference_mode():
@@ -170,19 +179,21 @@ def test_real_model_through_the_kernels():
 
 
 def test_quantize_model_with_kernels_on_the_shipped_model():
+    import llama_lit.build                                      # noqa: F401  (Llama.build)
     from llama_lit.generation import Llama
     llm = Llama.build(max_seq_len=64, max_batch_size=1, quant="int4", kernels=True)
-    assert llm.model.layers[0].attention.wq.qlinear.kind == "q4_1" and llm.model.output.qlinear.kind == "q8_0"
+    assert llm.model.layers[0].attention.wq.kind == "q4_1" and llm.model.output.kind == "q8_0"
 
 
 def test_fallback_when_they_cannot_build(tmp_path):
     "LLAMA_LIT_KERNELS=0: kernels=None warns and uses torch's kernels; kernels=True is a RuntimeError saying why."
     code = ("import warnings, torch\n"
+            "import llama_lit.build\n"
             "from llama_lit.generation import Llama\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    llm = Llama.build(max_seq_len=32, max_batch_size=1, quant='int8')\n"
-            "print(type(llm.model.output.qlinear).__name__, any('LLAMA_LIT_KERNELS=0' in str(x.message) for x in w))\n"
+            "print(type(llm.model.output).__name__, any('LLAMA_LIT_KERNELS=0' in str(x.message) for x in w))\n"
             "try: Llama.build(max_seq_len=32, max_batch_size=1, quant='int8', kernels=True)\n"
             "except RuntimeError as e: print('RuntimeError:', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -204,28 +215,34 @@ def test_fast_path_fuses_the_kernels_and_agrees():
     """FastForward runs wq|wk|wv and w1|w3 as one kernel call each: the same tokens and logits, bit for bit, as one call
     per matrix; its compiled decode step gives the eager step's logits. (Against the reference path of chapters 03-05
     only closely: int8 activations turn a float rounding difference into a different integer now and then.)"""
-    from llama_lit.attention import ModelArgs
+    from llama_lit.build import fast_forward, quantize_for_kernels
+    from llama_lit.config import ModelArgs
     from llama_lit.fast import FastForward
     from llama_lit.generation import Llama
     from llama_lit.model import Transformer
-    from llama_lit.quant import quantize_model
+    from llama_lit.parallel import init_model_parallel
     from test_fast import NoStop, prompts
+    init_model_parallel()
     torch.manual_seed(0)
     model = Transformer(ModelArgs(dim=128, n_layers=3, n_heads=8, n_kv_heads=2, vocab_size=512, multiple_of=32,
                                   max_batch_size=4, max_seq_len=64)).eval()
-    quantize_model(model, "int4", kernels=True)
-    ff = FastForward(model)
-    assert len(ff.fused) == 2 * 3
+    quantize_for_kernels(model, "int4")
+    calls = []                                                  # every KernelLinear call, fused or not
+    count = lambda mod, args: calls.append(1) if isinstance(mod, KernelLinear) else None
+    ff, one_each = fast_forward(model, kernels=True), FastForward(model)
+    with torch.nn.modules.module.register_module_forward_pre_hook(count), torch.inference_mode():
+        ff(torch.tensor([prompts()[1]]), 0); fused_calls = len(calls); calls.clear()
+        one_each(torch.tensor([prompts()[1]]), 0)
+    assert (fused_calls, len(calls)) == (3 * 4 + 1, 3 * 7 + 1)   # wq|wk|wv, wo, w1|w3, w2 per layer, the output
     fused = Llama(model, NoStop(), forward=ff).generate(prompts(), 24, temperature=0)[0]
-    ff.fused = {}
-    assert Llama(model, NoStop(), forward=ff).generate(prompts(), 24, temperature=0)[0] == fused
+    assert Llama(model, NoStop(), forward=one_each).generate(prompts(), 24, temperature=0)[0] == fused
     ids = torch.tensor([prompts()[1]])
     with torch.inference_mode():
         ref = model(ids, 0, use_cache=False)[:, -1:]
-        eager = FastForward(model)
+        eager = fast_forward(model, kernels=True)
         assert ((eager(ids, 0) - ref).norm() / ref.norm()) < 1e-3
         step = eager(ids[:, -1:], ids.shape[1])             # one decode step, then the same step compiled
-        compiled = FastForward(model, compile=True)(ids[:, -1:], ids.shape[1])
+        compiled = fast_forward(model, compile=True, kernels=True)(ids[:, -1:], ids.shape[1])
     assert ((compiled - step).norm() / step.norm()) < 1e-3
 
 
@@ -237,16 +254,18 @@ fake_cuda.build_guard(); fake_cuda.fake_torch_cuda(); fake_cuda.fake_swap_tensor
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from llama_lit.kernels import KernelLinear
-from llama_lit.quant import quantize_model
-from llama_lit.attention import ModelArgs, init_model_parallel
+from llama_lit.build import quantize_for_kernels
+from llama_lit.config import ModelArgs
+from llama_lit.parallel import init_model_parallel
 from llama_lit.model import Transformer
 init_model_parallel()
 kl = KernelLinear.from_float(torch.randn(64, 128), "q4_1")
 with FakeTensorMode(allow_non_fake_inputs=True):
     for name, f in (("weights", lambda: KernelLinear.from_float(torch.empty(64, 128, device="cuda"), "q4_1")),
                     ("input", lambda: kl(torch.empty(1, 128, device="cuda"))),
-                    ("model", lambda: quantize_model(Transformer(ModelArgs(dim=128, n_layers=1, n_heads=4, vocab_size=256,
-                                    multiple_of=32, max_batch_size=1, max_seq_len=16)).to("cuda"), "int4", kernels=True))):
+                    ("model", lambda: quantize_for_kernels(Transformer(ModelArgs(dim=128, n_layers=1, n_heads=4,
+                                    vocab_size=256, multiple_of=32, max_batch_size=1, max_seq_len=16)).to("cuda"),
+                                    "int4"))):
         try: f(); print(name, "ACCEPTED")
         except ValueError as e: print(name, "ValueError:", e)
 """
@@ -278,9 +297,71 @@ def test_build_only_with_the_flags_it_compiles_for(monkeypatch):
 
 def test_a_decode_step_reads_96_4_mb():
     "Chapter 11's bound: SmolLM2's 210 Q4_1 matrices and its Q8_0 output are 96.4 MB, and the KernelLinears hold exactly those bytes."
-    from llama_lit.gguf import open_gguf, smollm2_path
+    from llama_lit.assets import smollm2_path
+    from llama_lit.gguf_file import open_gguf
     mats = [t for t in open_gguf(smollm2_path()).tensors if len(t.shape) == 2]
     assert sorted(t.tensor_type.name for t in mats).count("Q4_1") == 210 and [t.name for t in mats if t.tensor_type == QT.Q8_0] == ["token_embd.weight"]
     file_bytes = sum(int(t.n_bytes) for t in mats)
     assert round(file_bytes / 1e6, 1) == 96.4
     assert sum(kernel_qlinear(t).nbytes for t in mats) == file_bytes
+
+
+def test_the_kernels_compile_from_the_shipped_cpp():
+    "The C++ is a file of the package (llama_lit/csrc), not a string written somewhere at run time."
+    from llama_lit import kernels
+    assert KERNEL_SOURCES == [Path(kernels.__file__).resolve().parent / "csrc" / "kernels.cpp"]
+    assert all(p.is_file() for p in KERNEL_SOURCES)
+    assert not (kernels.kernel_build_dir() / "kernels.cpp").exists()      # compiled where it lies, not copied
+
+
+def _shown_sections():
+    "The section names chapter 11 shows (its `show_cpp(\"name\")` cells) in order, with the outputs those cells keep."
+    nb = next((ROOT / "nbs").glob("11_*.ipynb"))
+    for c in json.loads(nb.read_text())["cells"]:
+        if c["cell_type"] != "code": continue
+        for name in re.findall(r'show_cpp\("(\w+)"\)', "".join(c["source"])):
+            yield name, ["".join(o.get("data", {}).get("text/markdown", "")) for o in c.get("outputs", [])]
+
+
+def test_the_sections_are_the_whole_file_and_the_chapter_shows_each_once_in_order():
+    sections = cpp_sections()
+    text = "".join(p.read_text() for p in KERNEL_SOURCES)
+    assert "".join(f"// ---- section: {n} ----\n{t}" for n, t in sections.items()) == text
+    shown = list(_shown_sections())
+    assert [n for n, _ in shown] == list(sections)
+    for name, outputs in shown:                                 # a kept output is the file's text as it is now
+        assert all(o == f"```cpp\n{cpp_section(name).strip(chr(10))}\n```" for o in outputs if o), name
+    with pytest.raises(KeyError, match="no C\\+\\+ section 'nope'"): cpp_section("nope")
+
+
+def test_a_compile_error_names_the_file_and_line(tmp_path, monkeypatch):
+    from llama_lit import kernels
+    bad = tmp_path / "kernels.cpp"
+    bad.write_text("#error a deliberate mistake\n" + KERNEL_SOURCES[0].read_text())   # stops before any header
+    monkeypatch.setattr(kernels, "KERNEL_SOURCES", [bad])
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    with pytest.raises(RuntimeError) as e: kernels.load_kernels()
+    assert "llama_lit's CPU kernels are unavailable: building them failed" in str(e.value)
+    assert f"{bad}:1:2: error: #error a deliberate mistake" in str(e.value)
+
+
+def test_float_kernel_shares_the_layers_own_weight():
+    from torch import nn
+    lin, x = nn.Linear(64, 24, bias=False), torch.randn(3, 64)
+    kl = float_kernel(lin)
+    assert isinstance(kl, KernelLinear) and kl.kind == "float" and kl.weight.data_ptr() == lin.weight.data_ptr()
+    with torch.no_grad(): lin.weight.mul_(-2)
+    assert torch.allclose(kl(x), lin(x), atol=1e-5)
+    assert float_kernel(lin.bfloat16()).weight.dtype == torch.bfloat16
+    for m in (nn.Linear(64, 24), nn.Linear(12, 4, bias=False), kl, nn.Linear(64, 8, bias=False).double()):
+        assert float_kernel(m) is None                          # a bias, K % 8, not a plain layer, float64
+
+
+def test_fuse_rows_views_the_fused_buffer():
+    a, b = KernelLinear.from_float(torch.randn(48, 64), "q8_0"), KernelLinear.from_float(torch.randn(16, 64), "q8_0")
+    x = torch.randn(2, 64)
+    want = torch.cat([a(x), b(x)], -1)
+    ab = fuse_rows([a, b])
+    assert torch.equal(ab(x), want) and a.qs.data_ptr() == ab.qs.data_ptr() and torch.equal(b(x), want[:, 48:])
+    with pytest.raises(ValueError, match="one kind"): fuse_rows([a, KernelLinear.from_float(torch.randn(8, 64), "f32")])

@@ -14,8 +14,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from llama_lit.attention import ModelArgs
-from llama_lit.model import Transformer, ffn_hidden_dim
+from llama_lit.config import ModelArgs, ffn_hidden_dim
+from llama_lit.model import Transformer
 from llama_lit.rope import llama3_scale_freqs, permute_hf_to_meta, rope_freqs
 
 DIM, N_LAYERS, N_HEADS, N_KV_HEADS, VOCAB, MULTIPLE_OF = 256, 2, 4, 2, 512, 32

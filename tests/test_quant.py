@@ -1,8 +1,8 @@
 """Quantization (chapter 10): every quantized path against its own dequantized float weights (tight tolerances, no
 timings); int4 = GGUF's Q4_1 and our Q8_0 = llama.cpp's, byte for byte; GGUF Q4_1/Q4_0/Q8_0/F16/BF16/F32 tensors
 repacked for torch's kernels give exactly gguf.quants.dequantize's weights (synthetic blocks and real SmolLM2
-tensors); quantize_model end to end on a tiny random model (reference path and FastForward with the proposed
-one-line hook); bad input -> ValueError."""
+tensors); quantize_model end to end on a tiny random model (reference path and FastForward, the QuantLinears
+swapped in as modules); bad input -> ValueError."""
 import copy
 
 import numpy as np
@@ -12,18 +12,20 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as QT, GGUFWriter
 from gguf.quants import dequantize, quantize
 
-from llama_lit.attention import ModelArgs, init_model_parallel
+from llama_lit.assets import smollm2_path
+from llama_lit.build import build_transformer, load_gguf_quantized, quantized_transformer
+from llama_lit.config import ModelArgs
 from llama_lit.fast import FastForward
-from llama_lit.generation import build_transformer
-from llama_lit.gguf import load_gguf, open_gguf, smollm2_path, torch_shape
+from llama_lit.gguf import load_gguf
+from llama_lit.gguf_file import open_gguf, torch_shape
 from llama_lit.model import Transformer
+from llama_lit.parallel import init_model_parallel
 from llama_lit.tokenizer import Tokenizer
-from llama_lit.quant import (QuantLinear, attach_qlinear, bits_per_weight, cpu_has_bf16, dequantize_int4,
-                             dequantize_int8, gguf_qlinear, int4_scales_and_zeros, load_gguf_quantized, matmul_shapes,
-                             pack_int4, q4_0_blocks_to_int4pack, q4_1_blocks, q4_1_blocks_to_int4pack, q4_1_bytes,
-                             q8_0_blocks_to_int8, q8_0_bytes,
+from llama_lit.quant import (QuantLinear, bits_per_weight, cpu_has_bf16, dequantize_int4, dequantize_int8,
+                             gguf_qlinear, int4_scales_and_zeros, matmul_shapes, pack_int4, q4_0_blocks_to_int4pack,
+                             q4_1_blocks, q4_1_blocks_to_int4pack, q4_1_bytes, q8_0_blocks_to_int8, q8_0_bytes,
                              q8_0_to_int4pack, quant_linears, quantize_int4, quantize_int8, quantize_model,
-                             quantize_q8_0, quantized_transformer, unpack_int4)
+                             quantize_q8_0, swap_linears, unpack_int4)
 
 torch.set_num_threads(1)
 
@@ -152,7 +154,7 @@ def test_gguf_qlinear_every_type(tmp_path):
         tol = 1e-5 if ql.dtype == torch.float32 else 1e-2
         assert (ql(x) - want).abs().max() <= tol * want.abs().max()
     assert kinds == {"a.weight": ("int4", torch.float32), "b.weight": ("int4", torch.float32),
-                     "c.weight": ("q8_0", torch.float32), "d.weight": ("float", torch.float16),
+                     "c.weight": ("q8_0_int4x2", torch.float32), "d.weight": ("float", torch.float16),
                      "e.weight": ("float", torch.bfloat16), "f.weight": ("float", torch.float32),
                      "g.weight": ("float", torch.float32)}                # Q5_1: no kernel, dequantized (other="f32")
     t = next(t for t in f.tensors if t.name == "g.weight")
@@ -230,12 +232,6 @@ def _tiny_model(seed=0, sharp=False):
     return model
 
 
-class QuantFastForward(FastForward):
-    "FastForward with chapter 10's one-line hook in _linear (built before quantize_model: its __init__ reads output.weight)."
-    def _linear(self, layer, x):
-        return layer.qlinear(x) if hasattr(layer, "qlinear") else super()._linear(layer, x)
-
-
 def _greedy(forward, prompt, n):
     tokens, out = torch.tensor([prompt]), []
     logits = forward(tokens, 0)
@@ -258,10 +254,11 @@ def test_quantize_model_end_to_end(quant, tol):
     # and exactly the float model whose weights are the dequantized ones
     deq = copy.deepcopy(model)
     for name, layer in quant_linears(deq).items():
-        layer.weight = torch.nn.Parameter(quant_linears(qmodel)[name].qlinear.dequantize(), requires_grad=False)
+        layer.weight = torch.nn.Parameter(qmodel.get_submodule(name).dequantize(), requires_grad=False)
     with torch.inference_mode(): assert torch.allclose(out, deq(tokens, 0, use_cache=False), atol=1e-4, rtol=1e-4)
-    assert all("weight" not in l._parameters for l in quant_linears(qmodel).values())
-    assert all(hasattr(l, "qlinear") for l in quant_linears(qmodel).values())
+    assert quant_linears(qmodel) == {}                                  # no fairscale linear left: all swapped
+    assert all(isinstance(qmodel.get_submodule(n), QuantLinear) for n in quant_linears(model))
+    assert "QuantLinear(" in str(qmodel)                                 # print(model) shows them
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
@@ -273,16 +270,13 @@ def test_greedy_tokens_equal_on_a_sharp_model(quant):
         assert want[1:] == model.perm[torch.tensor(want[:-1])].tolist()      # it is as sharp as built
         qmodel = quantize_model(copy.deepcopy(model), quant)               # bfloat16 kernels, as it would run
         assert _greedy(lambda t, p: qmodel(t, p), prompt, 10) == want        # the reference path (ch. 03-05)
-        fmodel = copy.deepcopy(model)
-        fast = QuantFastForward(fmodel)
-        quantize_model(fmodel, quant)
-        assert _greedy(fast, prompt, 10) == want                            # chapter 07's fast path with the hook
+        fast = FastForward(quantize_model(copy.deepcopy(model), quant))
+        assert _greedy(fast, prompt, 10) == want                            # chapter 07's fast path, modules swapped in
 
 
-def test_fast_forward_hook_matches_reference_path():
-    model = _tiny_model(seed=4)
-    fast = QuantFastForward(model)
-    quantize_model(model, "int4", dtype=torch.float32)
+def test_fast_forward_matches_reference_path():
+    model = quantize_model(_tiny_model(seed=4), "int4", dtype=torch.float32)
+    fast = FastForward(model)
     tokens = torch.randint(0, 256, (1, 9))
     with torch.inference_mode():
         ref = model(tokens, 0, use_cache=False)[:, -1:]
@@ -298,13 +292,13 @@ def test_tied_output_keeps_embedding():
     emb = model.tok_embeddings.weight
     quantize_model(model, "int8")
     assert model.tok_embeddings.weight is emb and "weight" not in model.output._parameters
-    assert model.output.qlinear.out_features == 96
+    assert isinstance(model.output, QuantLinear) and model.output.out_features == 96
 
 
 def test_model_dtype_change_keeps_kernel_dtype():
     model = quantize_model(_tiny_model(), "int4")
     model.to(torch.float32)
-    assert model.layers[0].attention.wq.qlinear.dtype == torch.bfloat16
+    assert model.layers[0].attention.wq.dtype == torch.bfloat16
     with torch.inference_mode(): assert model(torch.randint(0, 256, (1, 4)), 0, use_cache=False).dtype == torch.float32
 
 
@@ -312,7 +306,7 @@ def test_load_gguf_quantized_real_model(smol):
     params, sd, qlayers = load_gguf_quantized(smol, compute_dtype=torch.float32)
     assert set(sd) == {"tok_embeddings.weight", "norm.weight"} | {f"layers.{i}.{n}.weight" for i in range(30)
                                                                   for n in ("attention_norm", "ffn_norm")}
-    assert len(qlayers) == 30 * 7 + 1 and qlayers["output"].kind == "q8_0" and qlayers["layers.0.attention.wq"].kind == "int4"
+    assert len(qlayers) == 30 * 7 + 1 and qlayers["output"].kind == "q8_0_int4x2" and qlayers["layers.0.attention.wq"].kind == "int4"
     args = ModelArgs.from_params(params, max_seq_len=64, max_batch_size=1)
     qmodel = quantized_transformer(args, sd, qlayers)
     _, fsd = load_gguf(smol)
@@ -366,7 +360,9 @@ def test_bad_input():
     quantize_model(model, "int8")
     with pytest.raises(ValueError, match="quantized already"): quantize_model(model, "int8")
     with pytest.raises(ValueError, match="does not fit"):
-        attach_qlinear(_tiny_model().layers[0].attention.wq, QuantLinear.from_float(torch.randn(64, 128)))
+        swap_linears(_tiny_model(), {"layers.0.attention.wq": QuantLinear.from_float(torch.randn(64, 128))})
+    with pytest.raises(ValueError, match="not a linear layer"):
+        swap_linears(_tiny_model(), {"layers.0.attention": QuantLinear.from_float(torch.randn(128, 128))})
     with pytest.raises(ValueError, match="unknown format"): bits_per_weight("int3", 64)
 
 
@@ -388,7 +384,7 @@ def test_build_with_quant_on_the_shipped_model():
     loss = lambda lg: torch.nn.functional.cross_entropy(lg[0, :-1], torch.tensor(ids[1:])).item()
     for quant, tol in (("int8", 0.02), ("int4", 0.10)):
         llm = Llama.build(max_seq_len=64, max_batch_size=1, quant=quant, kernels=False)
-        assert all(hasattr(l, "qlinear") for l in (llm.model.output, llm.model.layers[0].attention.wq))
+        assert all(isinstance(l, QuantLinear) for l in (llm.model.output, llm.model.layers[0].attention.wq))
         with torch.inference_mode(): got = llm.model(torch.tensor([ids]), 0, use_cache=False)
         assert abs(loss(got) - loss(want)) / loss(want) < tol, quant
         assert len(llm.text_completion(["ROMEO:"], temperature=0.0, max_gen_len=6)[0]["generation"]) > 0
@@ -396,9 +392,8 @@ def test_build_with_quant_on_the_shipped_model():
 
 def test_build_keeps_the_gguf_bits():
     from llama_lit.generation import Llama
-    from llama_lit.gguf import smollm2_path
     llm = Llama.build(smollm2_path(), max_seq_len=64, max_batch_size=1, quant="gguf", kernels=False)   # torch's kernels
-    assert llm.model.layers[0].feed_forward.w1.qlinear.kind == "int4"          # Q4_1 blocks, not floats
+    assert llm.model.layers[0].feed_forward.w1.kind == "int4"                  # Q4_1 blocks, not floats
     assert not hasattr(llm.model.layers[0].feed_forward.w1, "weight")
     ids = llm.tokenizer.encode("The capital of France is", bos=False, eos=False)
     out = llm.text_completion(["The capital of France is"], temperature=0.0, max_gen_len=3)[0]["generation"]
@@ -519,8 +514,10 @@ import fake_cuda
 fake_cuda.build_guard(); fake_cuda.fake_torch_cuda(); fake_cuda.fake_swap_tensors()
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from llama_lit.quant import QuantLinear, load_gguf_quantized, quantized_transformer, quantize_model, unpack_int4
-from llama_lit.attention import ModelArgs, init_model_parallel
+from llama_lit.build import load_gguf_quantized, quantized_transformer
+from llama_lit.quant import QuantLinear, quantize_model, unpack_int4
+from llama_lit.config import ModelArgs
+from llama_lit.parallel import init_model_parallel
 from llama_lit.model import Transformer
 out = {}
 def where(t): return [list(t.shape), str(t.dtype).removeprefix("torch."), str(t.device)]
@@ -557,7 +554,7 @@ with FakeTensorMode(allow_non_fake_inputs=True), fake_cuda.Scalars():
                                  max_batch_size=1, max_seq_len=16)).to("cuda")
     quantize_model(tiny, "int4")
     out["model"] = sorted({str(b.device) for b in tiny.buffers() if b.dtype in (torch.int32, torch.bfloat16)})
-    out["model_packed"] = where(tiny.layers[0].attention.wq.qlinear.packed)
+    out["model_packed"] = where(tiny.layers[0].attention.wq.packed)
 print("RESULT " + json.dumps(out))
 """
 
@@ -600,7 +597,7 @@ def test_quantlinear_packs_for_cuda(fake_cuda_run):
 
 def test_gguf_model_builds_for_cuda(fake_cuda_run, smol):
     g = fake_cuda_run["gguf"]
-    assert g["logits"] == [[1, 4, 49152], "float32", "cuda:0"] and g["kinds"] == ["int4", "q8_0"]
+    assert g["logits"] == [[1, 4, 49152], "float32", "cuda:0"] and g["kinds"] == ["int4", "q8_0_int4x2"]
     assert g["devices"] == ["cuda:0"]
     assert not any("for_cpu" in op for op in g["ops"]) and "aten._weight_int4pack_mm.default" in g["ops"]
     assert "load_gguf_quantized(..., device='cpu')" in g["wrong_device"]

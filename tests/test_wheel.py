@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,26 @@ def test_gguf_and_tiktoken_from_the_wheel(venv, tmp_path):
     assert r.stdout.split() == ["128256", "49152"]
     cli(venv, "convert", "--from", "gguf", smollm2_path(), tmp_path / "smol")
     assert (tmp_path / "smol" / "tokenizer.json").is_file()
+
+
+def test_the_wheel_ships_the_kernels_source(venv):
+    "The C++ of the CPU kernels is package data: the wheel holds llama_lit/csrc/kernels.cpp as the repository has it."
+    _, d = venv
+    with zipfile.ZipFile(next((d / "dist").glob("llama_lit-*.whl"))) as z:
+        cpp = [n for n in z.namelist() if n.startswith("llama_lit/csrc/")]
+        assert cpp == ["llama_lit/csrc/kernels.cpp"], cpp
+        assert z.read(cpp[0]) == (ROOT / cpp[0]).read_bytes()
+
+
+def test_kernels_build_from_the_installed_copy(venv, tmp_path):
+    "In the plain install the kernels compile from the installed csrc/kernels.cpp (a fresh build folder) and run."
+    from llama_lit.kernels import kernels_unavailable_reason
+    if kernels_unavailable_reason(): pytest.skip(f"kernels cannot build here: {kernels_unavailable_reason()}")
+    py, _ = venv
+    code = ("import torch; from llama_lit import kernels; kernels.load_kernels(); "
+            "kl = kernels.KernelLinear.from_float(torch.randn(8, 64), 'q4_1'); "
+            "print(kernels.KERNEL_SOURCES[0]); print(tuple(kl(torch.randn(3, 64)).shape))")
+    r = run([py, "-c", code], cwd=tmp_path, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")})
+    src, shape = r.stdout.splitlines()[-2:]
+    assert "site-packages" in src and src.endswith("llama_lit/csrc/kernels.cpp") and str(ROOT) not in src
+    assert shape == "(3, 8)" and list((tmp_path / "ext").rglob("llama_lit_kernels_*.so"))
