@@ -23,7 +23,7 @@ def default_tokenizer_path() -> Path:
 
 # %% ../nbs/00_assets.ipynb #492c3bfe
 def default_checkpoint_dir() -> Path:
-    "The small Shakespeare LLaMA trained by chapter 06 and shipped inside the package."
+    "The small Shakespeare LLaMA trained by chapter 08 and shipped inside the package."
     return ASSETS_DIR / "shakespeare"
 
 # %% ../nbs/00_assets.ipynb #615449bb

@@ -35,7 +35,7 @@ from . import kernels as cpu_kernels
 __all__ = ['KERNEL_QUANTS', 'checkpoint_format', 'open_checkpoint', 'read_model_params', 'check_model_files',
            'default_device_dtype', 'check_cache_fits', 'all_finite', 'build_transformer', 'load_model_shard',
            'shared_seed', 'check_quant', 'use_kernels', 'quantize_for_kernels', 'load_gguf_quantized',
-           'quantized_transformer', 'kernel_fuse', 'fast_forward']
+           'quantized_transformer', 'kernel_fuse', 'float_kernels', 'fast_forward']
 
 # %% ../nbs/12_build.ipynb #fcfb85c2
 def checkpoint_format(path) -> str:
@@ -254,9 +254,17 @@ def kernel_fuse(modules: list) -> torch.nn.Module | None:
     try: return cpu_kernels.fuse_rows(kls)
     except ValueError: return None                       # mixed kinds (a GGUF may store wv in more bits)
 
+def float_kernels(model: Transformer) -> Transformer:
+    """Swap every plain float matrix of a one-process CPU model for a float KernelLinear over its own weight (shared,
+    not copied), in place: `print(model)` shows what runs, and fusing rows later re-points these modules at the fused
+    buffer instead of keeping a second copy of wq|wk|wv and w1|w3."""
+    return swap_linears(model, {n: k for n, m in quant_linears(model).items()
+                                if (k := cpu_kernels.float_kernel(m)) is not None})
+
 def fast_forward(model: Transformer, compile: bool = False, kernels: bool = False) -> FastForward:
     "The forward `Llama.build` gives the loop: FastForward, with the CPU kernels' fused and float matrices if kernels."
     if not kernels: return FastForward(model, compile=compile)
+    float_kernels(model)
     return FastForward(model, compile=compile, fuse=kernel_fuse, float_linear=cpu_kernels.float_kernel)
 
 # %% ../nbs/12_build.ipynb #f87c4e1e

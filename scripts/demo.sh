@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set up (if needed), then generate text on the CPU with the small LLaMA shipped in the package
-# (trained on Shakespeare by nbs/06_training.ipynb), and answer one question with the pretrained SmolLM2-135M-Instruct
+# (trained on Shakespeare by nbs/08_training.ipynb), and answer one question with the pretrained SmolLM2-135M-Instruct
 # GGUF (installed by scripts/setup.sh; chapter 09). Arguments, if any, replace both and go to `llama_lit generate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -46,7 +46,7 @@ caps=$("$bin/python" -c 'from llama_lit.quant import cpu_capabilities; print(*cp
 for cap in $caps; do
   echo "== quantization, kernel and GGUF tests under ATEN_CPU_CAPABILITY=$cap"
   ATEN_CPU_CAPABILITY=$cap "$bin/python" -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_kernels.py tests/test_gguf.py
-  for nb in 09_gguf 10_quantization 11_cpu_kernels; do ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/$nb.ipynb; done
+  for nb in 09_gguf 10_quant 11_kernels; do ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/$nb.ipynb; done
 done
 
 echo "== pytest"

@@ -146,6 +146,6 @@ def test_home_links_every_chapter(server, browser):
 
 
 def test_next_previous_navigation(server, browser):
-    load(browser, server + "01_rmsnorm.html")
+    load(browser, server + "01_norm.html")
     nav = browser.execute_script("return [...document.querySelectorAll('.related-pages a')].map(a => a.href)")
     assert any(h.endswith("/02_rope.html") for h in nav) and any(h.endswith("/00_tokenizer.html") for h in nav), nav
