@@ -63,7 +63,7 @@ def _rss(field):
 
 def gguf_file(precision: str) -> Path:
     "The SmolLM2 GGUF at `precision`: the shipped Q4_1 file, or llama.cpp's requantization of it (cached)."
-    from llama_lit.gguf import smollm2_path
+    from llama_lit.assets import smollm2_path
     src = smollm2_path()
     if precision == "q4_1": return src
     out = CACHE / f"SmolLM2-135M-Instruct.{precision.upper()}.gguf"
@@ -80,8 +80,8 @@ def gguf_file(precision: str) -> Path:
 
 
 def prompt_and_text():
-    from llama_lit.gguf import smollm2_path
-    from llama_lit.generation import format_dialog
+    from llama_lit.assets import smollm2_path
+    from llama_lit.chat import format_dialog
     from llama_lit.tokenizer import Tokenizer
     tok = Tokenizer(smollm2_path())
     return format_dialog([{"role": "user", "content": QUESTION}], tok), tok.encode(TEXT, bos=False, eos=False)

@@ -35,10 +35,10 @@ def causal_mask(seqlen: int, start_pos: int = 0, device=None, dtype=torch.float3
 # %% ../nbs/03c_attention.ipynb #49830ea2
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     "(bsz, seqlen, n_kv_heads, head_dim) -> (bsz, seqlen, n_kv_heads * n_rep, head_dim): each head n_rep times."
-    bs, slen, n_kv_heads, head_dim = x.shape
+    bsz, seqlen, n_kv_heads, head_dim = x.shape
     if n_rep == 1: return x
-    return (x[:, :, :, None, :].expand(bs, slen, n_kv_heads, n_rep, head_dim)
-            .reshape(bs, slen, n_kv_heads * n_rep, head_dim))
+    return (x[:, :, :, None, :].expand(bsz, seqlen, n_kv_heads, n_rep, head_dim)
+            .reshape(bsz, seqlen, n_kv_heads * n_rep, head_dim))
 
 # %% ../nbs/03c_attention.ipynb #1da974cb
 class Attention(nn.Module):

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from llama_lit.attention import LLAMA_CONFIGS, ModelArgs, init_model_parallel
-from llama_lit.model import count_params
+from llama_lit.config import LLAMA_CONFIGS, ModelArgs
+from llama_lit.parallel import init_model_parallel
+from llama_lit.config import count_params
 from llama_lit.quant import quantize_model
 
 ROOT = Path(__file__).resolve().parents[1]

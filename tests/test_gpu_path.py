@@ -119,7 +119,7 @@ def test_cpu_model_on_a_gpu_machine(ckpts, tmp_path):
 
 DTYPES = """
 import json, os
-from llama_lit.generation import default_device_dtype
+from llama_lit.build import default_device_dtype
 out = {}
 for bf16 in ("native", "emulated", "none"):
     os.environ["FAKE_CUDA_BF16"] = bf16               # what the fake GPU says of bf16 (tests/fake_cuda.py)
@@ -175,8 +175,7 @@ def test_ranks_sample_alike_whatever_their_seed(ckpts, tmp_path):
 def test_build_allocates_no_weights(ckpts, dtype):
     "build_transformer allocates only the KV caches and RoPE table: no fp32 weights of its own that the checkpoint's then replace."
     from llama_lit.attention import ModelArgs, kv_cache_bytes
-    from llama_lit.checkpoint import load_model_shard, read_model_params
-    from llama_lit.generation import build_transformer
+    from llama_lit.build import build_transformer, load_model_shard, read_model_params
     params = read_model_params(ckpts[1])
     args = ModelArgs.from_params(params, max_seq_len=64, max_batch_size=2)
     sd = load_model_shard(ckpts[1], params)

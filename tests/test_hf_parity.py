@@ -5,7 +5,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from llama_lit.attention import ModelArgs
+from llama_lit.config import ModelArgs
 from llama_lit.model import Transformer, expected_keys
 from llama_lit.checkpoint import (convert_hf_state_dict, convert_meta_state_dict_to_hf,
                              hf_config_to_params)

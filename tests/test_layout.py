@@ -168,3 +168,27 @@ def test_old_import_paths_keep_working(old, name, new):
         warnings.simplefilter("ignore", DeprecationWarning)
         obj = getattr(importlib.import_module(old), name)
     assert obj is getattr(importlib.import_module(new), name)
+
+
+def test_every_public_method_is_on_the_docs_site():
+    "docs/prepare.py adds a show_doc entry per public function, class and method (class body or @patch) it exports."
+    import inspect
+    import sys
+    sys.path.insert(0, str(ROOT / "docs"))
+    from prepare import directives, public_names
+    documented = set()
+    for nb, _, src in notebook_cells():
+        d = directives(src)
+        if "export" in d and "hide" not in d:
+            documented |= set(public_names("\n".join(l for l in src.splitlines() if not l.startswith("#|"))))
+    missing = []
+    for mod in MODULES:
+        m = importlib.import_module(mod)
+        for cname, cls in vars(m).items():
+            if not inspect.isclass(cls) or cls.__module__ != mod or cname.startswith("_"): continue
+            for name, attr in vars(cls).items():
+                f = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+                if name.startswith("_") or not inspect.isfunction(f): continue
+                if f"{cname}.{name}" not in documented: missing.append(f"{mod}.{cname}.{name}")
+    assert not missing, missing
+    assert {"Llama.build", "Llama.generate", "Llama.stream", "Attention.forward"} <= documented

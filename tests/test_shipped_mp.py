@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from conftest import torchrun
-from llama_lit.attention import ModelArgs
+from llama_lit.config import ModelArgs
 from llama_lit.checkpoint import check_parallel_sizes
-from llama_lit.generation import default_checkpoint_dir
+from llama_lit.assets import default_checkpoint_dir
 
 PROMPT, N_NEW = "ROMEO:", 32
 GREEDY = ["-m", "llama_lit", "generate", PROMPT, "--temperature", "0", "--max-gen-len", str(N_NEW)]

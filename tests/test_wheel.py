@@ -64,7 +64,7 @@ def test_every_command_from_the_wheel(venv, tmp_path):
 
 def test_gguf_and_tiktoken_from_the_wheel(venv, tmp_path):
     """GGUF (gguf) and Llama 3's tokenizer (tiktoken) work with the declared requirements alone."""
-    from llama_lit.gguf import smollm2_path
+    from llama_lit.assets import smollm2_path
     from llama_lit.tokenizer import llama3_tokenizer_path
     py, _ = venv
     code = ("from llama_lit.tokenizer import Tokenizer; import sys; "
