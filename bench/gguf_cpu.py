@@ -124,9 +124,8 @@ def worker_llama_cpp(path, prompt, text, n_new, runs, threads):
 
 def worker_llama_lit(path, precision, prompt, text, n_new, runs, threads, compile_decode, kernels=None):
     import torch
-    sys.path.insert(0, str(HERE))
-    from generate import llama_lit_runner                     # noqa: E402  (this folder's other benchmark)
-    from llama_lit.generation import Llama
+    from generate import llama_lit_runner                     # this folder's other benchmark (sys.path[0] is bench/)
+    from llama_lit import Llama
     torch.set_num_threads(threads)
     mode = dict(LLAMA_LIT_MODE[precision])
     dtype = getattr(torch, mode.pop("dtype"))
