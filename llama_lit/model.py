@@ -17,7 +17,7 @@ from .config import LLAMA_CONFIGS, ModelArgs, count_params, ffn_hidden_dim, ffn_
 from .parallel import linear_init, model_parallel_size
 from .attention import Attention, causal_mask
 
-_ffn_sizing = ffn_sizing      # its name before chapter 03 had a config notebook
+_ffn_sizing = ffn_sizing      # the old private name; ffn_sizing lives in llama_lit.config
 
 # %% auto #0
 __all__ = ['FeedForward', 'TransformerBlock', 'uses_vocab_parallel', 'Transformer', 'meta_state_dict', 'expected_keys',

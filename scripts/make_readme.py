@@ -19,7 +19,7 @@ def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
         if not src or src.startswith("#| hide"): continue
         parts.append(src if c["cell_type"] == "markdown" else f"```python\n{src}\n```")
     text = "\n\n".join(parts) + "\n"
-    text = re.sub(r"\]\((\d\d_\w+\.ipynb)\)", r"](nbs/\1)", text)   # chapter links: relative to nbs/ -> to the repo root
+    text = re.sub(r"\]\((\d\d[a-z]?_\w+\.ipynb)\)", r"](nbs/\1)", text)   # chapter links: relative to nbs/ -> to the repo root
     return re.sub(r"\]\((images/[\w.-]+)\)", r"](nbs/\1)", text)      # figures too
 
 
