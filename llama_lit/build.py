@@ -23,12 +23,12 @@ from .attention import kv_cache_bytes
 from .model import Transformer, expected_keys, materialize_buffers, tie_state_dict
 from .generation import Llama
 from .checkpoint import (
-    _load_hf_state_dict, check_parallel_sizes, check_state_dict, convert_hf_state_dict, embedding_layout, full_shapes,
+    load_hf_state_dict, check_parallel_sizes, check_state_dict, convert_hf_state_dict, embedding_layout, full_shapes,
     hf_config_to_params, load_shard, read_json, read_params, split_dim, split_state_dict)
 from .fast import FastForward
 from .gguf_file import open_gguf, torch_shape
 from .gguf import dequantize_shard, dequantize_tensor, gguf_to_meta_name, read_gguf_params
-from .quant import _check_device, _check_one_process, gguf_qlinear, quant_linears, quantize_model, swap_linears
+from .quant import check_device, check_one_process, gguf_qlinear, quant_linears, quantize_model, swap_linears
 from . import kernels as cpu_kernels
 
 # %% auto #0
@@ -124,7 +124,7 @@ def load_model_shard(path, params: dict, rank: int = 0, world: int = 1, vocab_pa
     fmt = checkpoint_format(path)
     if fmt == "meta": return load_shard(path, rank, world, vocab_parallel)
     if fmt == "gguf": return _load_gguf_shard(path, params, rank, world, vocab_parallel, dtype or torch.float32)
-    full = convert_hf_state_dict(_load_hf_state_dict(Path(path)), params)
+    full = convert_hf_state_dict(load_hf_state_dict(Path(path)), params)
     check_state_dict(full, ModelArgs.from_params(params), str(path))
     return split_state_dict(full, world, rank, vocab_parallel)
 
@@ -208,7 +208,7 @@ def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16,
     if kernels and device.type != "cpu":
         raise ValueError(f"Llama.build(kernels=True) runs the CPU kernels, not on {device}: use kernels=False "
                          "(torch's CUDA kernels)")
-    _check_device(device)
+    check_device(device)
     reader = open_gguf(path)
     params = read_gguf_params(reader)
     tensors = {gguf_to_meta_name(t.name): t for t in reader.tensors if t.name != "rope_freqs.weight"}
@@ -227,7 +227,7 @@ def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16,
 def quantized_transformer(args: ModelArgs, sd: dict, qlayers: dict, dtype=torch.float32, device="cpu") -> Transformer:
     """A one-process Transformer on `device` from load_gguf_quantized's parts (built for that device): norms and
     embedding in `dtype`, every matrix its loaded module."""
-    _check_one_process()
+    check_one_process()
     device = torch.device(device)
     same = lambda d: d.type == device.type and (device.index is None or d.index in (None, device.index))
     elsewhere = sorted({str(d) for d in (next(q.buffers()).device for q in qlayers.values()) if not same(d)})

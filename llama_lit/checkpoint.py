@@ -24,8 +24,8 @@ __all__ = ['TOKENIZER_FILES', 'split_dim', 'shards_vocab_parallel', 'merge_shard
            'expected_shapes', 'check_state_dict', 'read_json', 'read_params', 'checkpoint_files', 'load_pth',
            'full_shapes', 'load_shard', 'check_output_dir', 'clean_stale_temps', 'atomic_dir', 'copy_tokenizer_files',
            'save_checkpoint', 'embedding_layout', 'reshard', 'hf_config_to_params', 'convert_hf_state_dict',
-           'convert_meta_state_dict_to_hf', 'known_context_length', 'params_to_hf_config', 'convert_from_hf',
-           'convert_to_hf']
+           'convert_meta_state_dict_to_hf', 'known_context_length', 'params_to_hf_config', 'load_hf_state_dict',
+           'convert_from_hf', 'convert_to_hf']
 
 # %% ../nbs/06_checkpoint.ipynb #08ae6598
 _SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1,
@@ -417,7 +417,7 @@ def _hf_weight_files(in_dir: Path) -> list[Path]:
         if not f.is_file(): raise FileNotFoundError(f"weight file listed in the index is missing: {f}")
     return files
 
-def _load_hf_state_dict(in_dir: Path) -> dict:
+def load_hf_state_dict(in_dir: Path) -> dict:
     from safetensors.torch import load_file
     sd = {}
     for f in _hf_weight_files(in_dir):
@@ -443,7 +443,7 @@ def convert_from_hf(in_dir, out_dir) -> Path:
     in_dir = Path(in_dir)
     if not in_dir.is_dir(): raise FileNotFoundError(f"Hugging Face directory not found: {in_dir}")
     params = hf_config_to_params(read_json(in_dir / "config.json", "config.json"))
-    full = convert_hf_state_dict(_load_hf_state_dict(in_dir), params)
+    full = convert_hf_state_dict(load_hf_state_dict(in_dir), params)
     return save_checkpoint(out_dir, params, full, 1, tokenizer_dir=in_dir)
 
 def convert_to_hf(in_dir, out_dir, context_length: int | None = None) -> Path:

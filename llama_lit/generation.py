@@ -21,7 +21,7 @@ from .chat import UNSAFE_ERROR, ChatPrediction, Dialog, format_dialog, is_unsafe
 from .assets import default_checkpoint_dir
 from .sampling import apply_repetition_penalty, apply_top_k, sample_top_p
 from .chat import (
-    B_INST, B_SYS, E_INST, E_SYS, ROLE_RULE, SPECIAL_TAGS, Message, _check_dialog, _check_messages, _jinja_env,
+    B_INST, B_SYS, E_INST, E_SYS, ROLE_RULE, SPECIAL_TAGS, Message,
     chat_format, format_dialog_llama2, format_dialog_llama3, render_chat_template)
 
 __getattr__ = moved(__name__, {n: "llama_lit.build" for n in (    # and these, to a later module

@@ -17,7 +17,7 @@ from gguf.quants import dequantize
 from .assets import SMOLLM2_FILE, smollm2_path
 from .checkpoint import save_checkpoint
 from .config import ModelArgs, ffn_hidden_dim, ffn_sizing, weight_shapes
-from .gguf_file import GGUFFile, GGUFTensor, _file_name, gguf_value, open_gguf, torch_shape
+from .gguf_file import GGUFFile, GGUFTensor, gguf_value, open_gguf, torch_shape
 from .model import expected_keys
 from .rope import llama3_scale_freqs
 from .tokenizer import Tokenizer, save_tokenizer_files
@@ -228,7 +228,7 @@ def read_gguf_params(path) -> dict:
     """Meta `params.json` fields of a LLaMA GGUF file (or open reader); ValueError for anything that would change the
     model unseen."""
     reader = open_gguf(path)
-    name = _file_name(reader)
+    name = str(reader.path)
     keys = _llama_keys(reader, name)
     def need(key):
         if key not in keys: raise ValueError(f"{name} lacks the key {key}")

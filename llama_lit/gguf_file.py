@@ -199,9 +199,6 @@ def gguf_value(reader, key: str, default=None):
         return default if field is None else field.contents()
     return reader.fields.get(key, default)
 
-# %% ../nbs/00_gguf_file.ipynb #c9c371a2
-def _file_name(reader: GGUFFile) -> str: return str(reader.path)   # for error messages
-
 # %% ../nbs/00_gguf_file.ipynb #7a81a4fb
 def gguf_metadata(path, prefix: str = "") -> dict:
     "The metadata of a GGUF file (the keys starting with `prefix`), read without its tensor table or tensors."

@@ -31,9 +31,9 @@ __all__ = ['INT4_GROUP_SIZES', 'Q8_0_MODES', 'QUANTS', 'matmul_shapes', 'bits_pe
            'quantize_int8', 'dequantize_int8', 'quantize_int4', 'dequantize_int4', 'q4_1_bytes',
            'int4_scales_and_zeros', 'pack_int4', 'int4pack_source', 'unpack_int4', 'int4pack_pairs', 'cpu_capabilities',
            'q4_1_blocks', 'q4_0_blocks', 'q8_0_blocks_to_int8', 'q4_1_blocks_to_int4pack', 'q4_0_blocks_to_int4pack',
-           'quantize_q8_0', 'q8_0_bytes', 'q8_0_to_int4pack', 'PackedWeights', 'QuantLinear', 'int4_cuda_bytes',
-           'cuda_inner_k_tiles', 'pack_int4_cuda', 'unpack_int4_cuda', 'gguf_qlinear', 'quant_linears', 'swap_linears',
-           'quantize_model', 'cpu_has_bf16']
+           'quantize_q8_0', 'q8_0_bytes', 'q8_0_to_int4pack', 'PackedWeights', 'check_device', 'QuantLinear',
+           'int4_cuda_bytes', 'cuda_inner_k_tiles', 'pack_int4_cuda', 'unpack_int4_cuda', 'gguf_qlinear',
+           'quant_linears', 'swap_linears', 'check_one_process', 'quantize_model', 'cpu_has_bf16']
 
 # %% ../nbs/10_quant.ipynb #ac338813
 _MATRICES = ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
@@ -261,7 +261,7 @@ class PackedWeights(nn.Module):
             if new is not None and new.dtype != old.dtype: self._buffers[k] = old.to(new.device)
         return self
 
-def _check_device(device: torch.device, dtype=None) -> None:
+def check_device(device: torch.device, dtype=None) -> None:
     "QuantLinear packs for torch's CPU or CUDA kernels; CUDA's int4 kernel computes in bfloat16 only."
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"QuantLinear packs for torch's CPU or CUDA kernels; the weight is on {device}")
@@ -284,7 +284,7 @@ class QuantLinear(PackedWeights):
     def from_int8(cls, q: torch.Tensor, s: torch.Tensor, dtype=torch.bfloat16) -> "QuantLinear":
         """From quantize_int8's q (out, in) int8 and s (out,), for the kernel of q's device (the CPU's and CUDA's take
         the same layout)."""
-        _check_device(q.device)
+        check_device(q.device)
         return cls("int8", *q.shape, weight_int8=q.contiguous(), scales=s.to(dtype).contiguous())
 
     @classmethod
@@ -298,13 +298,13 @@ class QuantLinear(PackedWeights):
     def from_int4(cls, q, d, m=None, group_size: int = 32, dtype=torch.bfloat16) -> "QuantLinear":
         "From quantize_int4's codes (out, in), d, m (out, in/g); m None: Q4_0. Packed for the kernel of q's device."
         _check_group(q.shape[1], group_size)
-        _check_device(q.device, dtype)
+        check_device(q.device, dtype)
         return cls.from_int4pack(pack_int4(_pad_rows(q)), _table(d, m), *q.shape, group_size, dtype)
 
     @classmethod
     def from_q8_0(cls, q, d, dtype=torch.bfloat16) -> "QuantLinear":
         "From Q8_0's q (out, in) int8 and d (out, in/32), exactly, as two int4 halves (on CUDA the scales in bfloat16)."
-        _check_device(q.device, dtype)
+        check_device(q.device, dtype)
         return cls.from_int4pack(*q8_0_to_int4pack(q, d), *q.shape, 32, dtype, kind="q8_0_int4x2")
 
     @classmethod
@@ -408,7 +408,7 @@ def gguf_qlinear(t, dtype=torch.bfloat16, other: str = "f32", q8_0: str = "int4x
     bfloat16 in the default): Q4_1/Q4_0 -> int4, Q8_0 -> two int4 halves (q8_0='int8': requantized per channel),
     F16/BF16/F32 kept; other types dequantized, then `other`."""
     device = torch.device(device)
-    _check_device(device)
+    check_device(device)
     if q8_0 not in Q8_0_MODES: raise ValueError(f"q8_0={q8_0!r}; one of {Q8_0_MODES}")
     shape = torch_shape(t)
     if len(shape) != 2: raise ValueError(f"{t.name} has shape {shape}; a linear layer's weight has 2 dimensions")
@@ -449,7 +449,7 @@ def swap_linears(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
     return model
 
 # %% ../nbs/10_quant.ipynb #5e1d0a11
-def _check_one_process() -> None:
+def check_one_process() -> None:
     if fs_init.model_parallel_is_initialized() and fs_init.get_model_parallel_world_size() > 1:
         raise ValueError("weight-only quantization here works on a one-process model (model parallel size 1): "
                          "a QuantLinear holds the whole matrix and does no all-reduce")
@@ -464,7 +464,7 @@ def quantize_model(model: Transformer, quant: str = "int8", group_size: int = 32
     head = quant if head is None else head
     for q in (quant, head):
         if q not in QUANTS: raise ValueError(f"unknown quant {q!r}; choose one of {QUANTS}")
-    _check_one_process()
+    check_one_process()
     done = [n for n, m in model.named_modules() if isinstance(m, PackedWeights)]
     if done: raise ValueError(f"{done[0]} is quantized already")
     todo = {name: (head if name == "output" else quant, layer.weight.shape[1])
