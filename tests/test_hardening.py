@@ -272,3 +272,29 @@ def test_corpus_not_utf8_names_the_file(tmp_path):
     for i in range(8): (corpus / f"d{i}.txt").write_text("To be, or not to be. " * 50)
     (corpus / "d3.txt").write_bytes(b"caf\xe9\n" * 10)
     one_line_error(inproc(*args("train", "--corpus", corpus, "--out", tmp_path / "ck", *TINY_TRAIN), text=True), "d3.txt is not UTF-8")
+
+
+# 8. a valid model refused: a padded vocabulary ------------------------------------------------------------------
+
+def test_padded_vocabulary_never_samples_missing_ids(tmp_path):
+    """More embedding rows than tokenizer tokens (Llama 3, many fine-tunes): the extra rows' logits are made the
+    largest here, yet generate, stream and chat only ever produce ids the tokenizer has (issue 21, item 8)."""
+    from llama_lit.assets import default_tokenizer_path
+    from llama_lit.checkpoint import save_checkpoint
+    from llama_lit.config import ModelArgs
+    from llama_lit.model import Transformer
+    from llama_lit.tokenizer import Tokenizer
+    n = Tokenizer().n_words
+    params = {**TINY, "vocab_size": n + 64}
+    torch.manual_seed(0)
+    sd = Transformer(ModelArgs(**params, max_batch_size=1, max_seq_len=8)).state_dict()
+    sd["output.weight"][n:] *= 1000                       # the padding rows would win every greedy step
+    ckpt = save_checkpoint(tmp_path / "padded", params, sd, tokenizer_path=default_tokenizer_path())
+    llm = Llama.build(ckpt, max_seq_len=64, max_batch_size=1)
+    ids = llm.tokenizer.encode("Once upon a time", bos=True, eos=False)
+    out, lps = llm.generate([ids], max_gen_len=12, temperature=0.0, logprobs=True)
+    assert len(out[0]) > 0 and max(out[0]) < n, out
+    assert all(lp > float("-inf") for lp in lps[0])
+    text = "".join(llm.stream("Once upon a time", max_gen_len=12, temperature=0.0))
+    assert text == llm.tokenizer.decode(llm.generate([ids], 12, temperature=0.0)[0][0])
+    assert len(llm.text_completion(["Once"], max_gen_len=8, temperature=1.0)[0]["generation"]) >= 0
