@@ -5,6 +5,8 @@
 # %% ../nbs/12_build.ipynb #f18e737c
 from __future__ import annotations
 
+import copy
+import ctypes
 import os
 import time
 import warnings
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import fairscale.nn.model_parallel.initialize as fs_init
+from gguf import GGMLQuantizationType
 
 from .core import patch_to
 from .assets import default_checkpoint_dir
@@ -27,15 +30,18 @@ from .checkpoint import (
     hf_config_to_params, load_shard, read_json, read_params, split_dim, split_state_dict)
 from .fast import FastForward
 from .gguf_file import open_gguf, torch_shape
-from .gguf import dequantize_shard, dequantize_tensor, gguf_to_meta_name, read_gguf_params
+from .gguf import (BlockEmbedding, FLOAT_TYPES, dequantize_shard, dequantize_tensor, gguf_to_meta_name,
+                            read_gguf_params)
 from .quant import check_device, check_one_process, gguf_qlinear, quant_linears, quantize_model, swap_linears
 from . import kernels as cpu_kernels
+from . import kquants
 
 # %% auto #0
 __all__ = ['KERNEL_QUANTS', 'checkpoint_format', 'open_checkpoint', 'read_model_params', 'check_model_files',
            'default_device_dtype', 'check_cache_fits', 'all_finite', 'build_transformer', 'load_model_shard',
-           'shared_seed', 'check_quant', 'use_kernels', 'quantize_for_kernels', 'load_gguf_quantized',
-           'quantized_transformer', 'kernel_fuse', 'float_kernels', 'fast_forward']
+           'shared_seed', 'check_quant', 'use_kernels', 'quantize_for_kernels', 'TiedEmbedding', 'gguf_embedding',
+           'load_gguf_quantized', 'quantized_transformer', 'kernel_fuse', 'float_kernels', 'fast_forward', 'auto_quant',
+           'return_freed_memory']
 
 # %% ../nbs/12_build.ipynb #fcfb85c2
 def checkpoint_format(path) -> str:
@@ -198,12 +204,44 @@ def quantize_for_kernels(model: Transformer, quant: str = "int8", head: str | No
 
 # %% ../nbs/12_build.ipynb #9949c576
 _MATRICES = (".wq.weight", ".wk.weight", ".wv.weight", ".wo.weight", ".w1.weight", ".w2.weight", ".w3.weight")
+class TiedEmbedding(torch.nn.Module):
+    """A tied model's embedding read from its output matrix's own blocks (a KernelLinear or KQuantLinear, whose
+    buffers hold one row per token): a lookup dequantizes only the rows asked for; nothing of its own is stored."""
+    def __init__(self, output: torch.nn.Module, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self._output = [output]                  # a list: not a submodule (the model holds it as `output`)
+        self.num_embeddings, self.embedding_dim, self.dtype = output.out_features, output.in_features, dtype
 
-def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16, other: str = "f32",
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        "Token ids (any shape) -> their rows (*ids.shape, embedding_dim) in self.dtype."
+        flat = ids.reshape(-1)                                          # (n,)
+        if flat.numel() and not torch.compiler.is_compiling() and not 0 <= int(flat.min()) <= int(flat.max()) < \
+                self.num_embeddings:
+            raise ValueError(f"token ids must be in 0..{self.num_embeddings - 1}")
+        out = self._output[0]
+        rows = copy.copy(out)                                           # the same module, only the rows `flat`
+        rows._buffers = {k: v[flat] for k, v in out._buffers.items()}   # (n, ...) each
+        rows.out_features = flat.numel()
+        return rows.dequantize().to(self.dtype).reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, the rows of {type(self._output[0]).__name__} output"
+
+# %% ../nbs/12_build.ipynb #32be5751
+def gguf_embedding(t, output, tied: bool, dtype=torch.float32, device="cpu") -> torch.nn.Module | None:
+    """The embedding module for GGUF tensor `t` on `device` without a float32 table: a tied model's output blocks, else
+    the file's own (BlockEmbedding); None where a plain float table is right (an F32 file, or not on the CPU)."""
+    if torch.device(device).type != "cpu": return None
+    if tied and isinstance(output, (cpu_kernels.KernelLinear, kquants.KQuantLinear)):
+        return TiedEmbedding(output, dtype)                  # the output's rows: the table held once
+    if t.tensor_type in FLOAT_TYPES and FLOAT_TYPES[t.tensor_type] == torch.float32: return None
+    return BlockEmbedding.from_gguf(t, dtype)
+
+def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16, other: str | None = None,
                         q8_0: str = "int4x2", kernels: bool = False, device=None) -> tuple[dict, dict, dict]:
-    """(params, {key: float tensor} of the norms and embedding in `dtype`, {module name: QuantLinear}) of a LLaMA
-    GGUF on `device` (None: the CPU), matrices in the bits stored for that device's kernels; kernels=True: the CPU
-    kernels' KernelLinears."""
+    """(params, {key: float tensor} of the norms (and a float embedding) in `dtype`, {module name: module}) of a LLaMA
+    GGUF on `device` (None: the CPU): matrices in the bits stored for that device's kernels (QuantLinear; with
+    kernels=True the CPU kernels' modules: chapter 11b's kquant_qlinear), and on the CPU the embedding as `tok_embeddings`, rows from blocks."""
     device = torch.device("cpu" if device is None else device)
     if kernels and device.type != "cpu":
         raise ValueError(f"Llama.build(kernels=True) runs the CPU kernels, not on {device}: use kernels=False "
@@ -212,43 +250,51 @@ def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16,
     reader = open_gguf(path)
     params = read_gguf_params(reader)
     tensors = {gguf_to_meta_name(t.name): t for t in reader.tensors if t.name != "rope_freqs.weight"}
-    make = cpu_kernels.kernel_qlinear if kernels else lambda t: gguf_qlinear(t, compute_dtype, other, q8_0, device)
+    make = kquants.kquant_qlinear if kernels else lambda t: gguf_qlinear(t, compute_dtype, other, q8_0, device)
     sd, qlayers = {}, {}
     for key, t in tensors.items():
-        if key.endswith(_MATRICES) or key == "output.weight":
-            qlayers[key.removesuffix(".weight")] = make(t)
-        else:
-            sd[key] = dequantize_tensor(t, dtype).to(device)
-    if params["tie_word_embeddings"]:                        # the output matrix is the embedding's bits
-        qlayers["output"] = make(tensors["tok_embeddings.weight"])
+        if key.endswith(_MATRICES) or key == "output.weight": qlayers[key.removesuffix(".weight")] = make(t)
+        elif key != "tok_embeddings.weight": sd[key] = dequantize_tensor(t, dtype).to(device)
+    tied, emb = params["tie_word_embeddings"], tensors["tok_embeddings.weight"]
+    if tied: qlayers["output"] = make(emb)                  # the output matrix is the embedding's bits
+    module = gguf_embedding(emb, qlayers["output"], tied, dtype, device)
+    if module is None: sd["tok_embeddings.weight"] = dequantize_tensor(emb, dtype).to(device)
+    else: qlayers["tok_embeddings"] = module
     return params, sd, qlayers
 
 # %% ../nbs/12_build.ipynb #773a2b58
 def quantized_transformer(args: ModelArgs, sd: dict, qlayers: dict, dtype=torch.float32, device="cpu") -> Transformer:
-    """A one-process Transformer on `device` from load_gguf_quantized's parts (built for that device): norms and
-    embedding in `dtype`, every matrix its loaded module."""
+    """A one-process Transformer on `device` from load_gguf_quantized's parts (built for that device): norms (and a
+    float embedding) in `dtype`, every matrix its loaded module, and `qlayers["tok_embeddings"]` if given."""
     check_one_process()
     device = torch.device(device)
     same = lambda d: d.type == device.type and (device.index is None or d.index in (None, device.index))
-    elsewhere = sorted({str(d) for d in (next(q.buffers()).device for q in qlayers.values()) if not same(d)})
+    elsewhere = sorted({str(b.device) for q in qlayers.values() for b in q.buffers() if not same(b.device)})
     if elsewhere: raise ValueError(f"the quantized layers are on {elsewhere}, not {device}: pass the device they were "
                                    f"loaded for, or load them with load_gguf_quantized(..., device={str(device)!r})")
     with meta_init(): model = Transformer(args)               # shapes only: no float matrix is ever allocated
+    qlayers = dict(qlayers)
+    emb = qlayers.pop("tok_embeddings", None)                 # an embedding module (rows from blocks), if any
     layers = quant_linears(model)
     if set(layers) != set(qlayers):
         missing, unexpected = sorted(set(layers) - set(qlayers))[:4], sorted(set(qlayers) - set(layers))[:4]
         raise ValueError(f"the quantized layers do not match the model: missing {missing}, unexpected {unexpected}")
     swap_linears(model, qlayers)                              # each fairscale linear replaced by its loaded module
+    if emb is not None: model.tok_embeddings = emb
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    missing = [k for k in missing if not k.startswith(tuple(n + "." for n in qlayers))]   # the swapped modules' own
+    swapped = tuple(n + "." for n in [*qlayers, *(["tok_embeddings"] if emb is not None else [])])
+    missing = [k for k in missing if not k.startswith(swapped)]       # the swapped modules' own
     if missing or unexpected: raise ValueError(f"state dict: missing {missing[:4]}, unexpected {unexpected[:4]}")
     materialize_buffers(model, device, dtype)                 # the caches and the RoPE table, made where they live
     return model.to(dtype).to(device).eval()
 
 # %% ../nbs/12_build.ipynb #50f2f2ce
 def kernel_fuse(modules: list) -> torch.nn.Module | None:
-    """One KernelLinear holding the rows of `modules` (wq|wk|wv or w1|w3) when each is a KernelLinear or a float layer
-    the kernels take, of one kind and dtype; else None."""
+    """One module holding the rows of `modules` (wq|wk|wv or w1|w3) when each is a KernelLinear or a float layer the
+    kernels take, of one kind and dtype, or each a KQuantLinear of one kind; else None."""
+    if all(isinstance(m, kquants.KQuantLinear) for m in modules):        # K-quant rows: the blocks joined
+        try: return kquants.fuse_kquant_rows(modules)
+        except ValueError: return None                   # different K-quant kinds
     kls = [m if isinstance(m, cpu_kernels.KernelLinear) else cpu_kernels.float_kernel(m) for m in modules]
     if not all(isinstance(k, cpu_kernels.KernelLinear) for k in kls): return None
     try: return cpu_kernels.fuse_rows(kls)
@@ -267,16 +313,32 @@ def fast_forward(model: Transformer, compile: bool = False, kernels: bool = Fals
     float_kernels(model)
     return FastForward(model, compile=compile, fuse=kernel_fuse, float_linear=cpu_kernels.float_kernel)
 
+# %% ../nbs/12_build.ipynb #1e9480c8
+def auto_quant(src, fmt: str, mp: int, device) -> str | None:
+    """What quant='auto' means: 'gguf' (the file's own bits) for a GGUF whose matrices are stored in fewer than 32
+    bits, on one process on the CPU or a GPU; else None (float weights in the model's dtype)."""
+    if fmt != "gguf" or mp > 1 or torch.device(device).type not in ("cpu", "cuda"): return None
+    small = [t for t in src.tensors if len(t.shape) == 2 and t.tensor_type != GGMLQuantizationType.F32]
+    return "gguf" if small else None
+
+# %% ../nbs/12_build.ipynb #ad6ca07a
+def return_freed_memory() -> None:
+    """Hand the C allocator's free pages back to the OS (glibc's `malloc_trim`; nothing elsewhere): loading and fusing
+    rows make transient copies of megabytes whose pages glibc otherwise keeps for reuse, resident."""
+    try: ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError): pass                 # not glibc (macOS, musl): the allocator's own policy
+
 # %% ../nbs/12_build.ipynb #f87c4e1e
 @patch_to(Llama, static=True)
 def build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, max_batch_size: int = 4,
           model_parallel_size: int | None = None, seed: int = 1, device=None, dtype=None,
-          fast: bool = True, quant: str | None = None, compile: bool = False, kernels: bool | None = None) -> Llama:
+          fast: bool = True, quant: str | None = "auto", compile: bool = False, kernels: bool | None = None) -> Llama:
     """Load a Meta directory, a Hugging Face directory or a .gguf file (default: the shipped model); the tokenizer is
-    found inside unless given."""
+    found inside unless given; quant='auto' keeps a quantized GGUF's own bits (None: everything in float)."""
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint_dir()
-    if quant not in (None, "int8", "int4", "gguf"):
-        raise ValueError(f"quant must be None, 'int8', 'int4' or 'gguf' (a GGUF file's own blocks), got {quant!r}")
+    if quant not in (None, "auto", "int8", "int4", "gguf"):
+        raise ValueError(f"quant must be 'auto', None, 'int8', 'int4' or 'gguf' (a GGUF file's own blocks), "
+                         f"got {quant!r}")
     fmt = checkpoint_format(ckpt_dir)                              # 1. the format
     src = open_checkpoint(ckpt_dir)                                # a GGUF file is parsed once, here
     params = read_model_params(src)                                # 2. the params
@@ -302,6 +364,7 @@ def build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, ma
     check_parallel_sizes(args, mp)
     torch.manual_seed(shared_seed(seed))                   # rank 0's: tensor-parallel ranks must sample alike
     t0 = time.perf_counter()
+    if quant == "auto": quant = auto_quant(src, fmt, mp, device)   # a quantized GGUF keeps its bits
     if quant is not None: check_quant(quant, fmt, mp, device)
     kernels = use_kernels(kernels, quant, device, mp)      # the CPU kernels, where they build; never on a GPU
     if quant == "gguf":                                    # 5-6. the file's Q4_1/Q4_0/Q8_0 blocks, bits kept
@@ -315,4 +378,5 @@ def build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, ma
         elif quant is not None: quantize_model(model, quant, head=head)
     model.load_seconds = time.perf_counter() - t0
     forward = fast_forward(model, compile, kernels) if fast else None   # 7. the fast path; fast=False: ch. 03-05's
+    return_freed_memory()                                  # the copies fusing rows made and let go
     return Llama(model, tokenizer, forward=forward)

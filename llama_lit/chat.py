@@ -5,15 +5,26 @@
 # %% ../nbs/05b_chat.ipynb #57fd2101
 from __future__ import annotations
 
+import functools
+import json
+import math
+import re
+import sys
 import time
+from collections.abc import ItemsView, Iterable, KeysView, ValuesView
 from typing import TypedDict
 
-from .tokenizer import Tokenizer
+import jinja2
+import jinja2.ext
+from jinja2.compiler import CodeGenerator, operators
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .tokenizer import Tokenizer, named_chat_templates
 
 # %% auto #0
-__all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'Message',
-           'format_dialog_llama2', 'format_dialog_llama3', 'render_chat_template', 'chat_format', 'format_dialog',
-           'is_unsafe', 'ChatPrediction']
+__all__ = ['Dialog', 'B_INST', 'E_INST', 'B_SYS', 'E_SYS', 'SPECIAL_TAGS', 'UNSAFE_ERROR', 'ROLE_RULE', 'TEMPLATE_MAX_CHARS',
+           'TEMPLATE_MAX_SECONDS', 'TEMPLATE_MAX_INT_BITS', 'Message', 'format_dialog_llama2', 'format_dialog_llama3',
+           'render_chat_template', 'chat_format', 'format_dialog', 'is_unsafe', 'ChatPrediction']
 
 # %% ../nbs/05b_chat.ipynb #42528223
 class Message(TypedDict):
@@ -74,14 +85,203 @@ def format_dialog_llama3(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
         tokens += header(m["role"]) + tokenizer.encode(m["content"].strip(), bos=False, eos=False) + [sp["<|eot_id|>"]]
     return tokens + header("assistant")
 
+# %% ../nbs/05b_chat.ipynb #6b96f466
+TEMPLATE_MAX_CHARS = 1_000_000     # characters a render may write, and characters/items any one value may hold
+TEMPLATE_MAX_SECONDS = 5.0         # wall time of one render (compile included)
+TEMPLATE_MAX_INT_BITS = 4096       # the largest integer a template may compute: 10**(10**8) would take minutes
+
+class _OverBudget(BaseException):
+    "A render went over a template limit. Not an Exception: no `except Exception` inside a filter can swallow it."
+
+def _count(n: int) -> str: return f"{n:,}" if n < 10**18 else f"~2**{n.bit_length()}"
+
+def _check_size(n: int, what: str) -> None:
+    if n > TEMPLATE_MAX_CHARS:
+        raise _OverBudget(f"would make {what} of {_count(n)} characters or items, over the template limit of "
+                          f"{TEMPLATE_MAX_CHARS:,} (llama_lit.chat.TEMPLATE_MAX_CHARS)")
+
+def _check_bits(bits: float) -> None:
+    if bits > TEMPLATE_MAX_INT_BITS:
+        raise _OverBudget(f"would compute an integer of ~{_count(int(bits))} bits, over the template limit of "
+                          f"{TEMPLATE_MAX_INT_BITS:,} bits (llama_lit.chat.TEMPLATE_MAX_INT_BITS)")
+
+def _deep_size(x, cap: int) -> tuple[int, int]:
+    """Characters and items of `x` through nested containers, a shared one counted as often as str() would print
+    it, stopping past `cap` (so a list that holds itself twice, 60 times over, costs `cap` steps); and the depth."""
+    size, depth, stack = 0, 0, [(x, 1)]
+    while stack and size <= cap:
+        v, d = stack.pop()
+        depth = max(depth, d)
+        ns = getattr(v, "_Namespace__attrs", None) if type(v).__name__ == "Namespace" else None  # jinja's namespace()
+        if ns is not None: v = ns
+        if isinstance(v, (str, bytes)): size += len(v)
+        elif isinstance(v, dict):
+            size += len(v) + 1; stack += [(c, d + 1) for kv in v.items() for c in kv] if size <= cap else []
+        elif isinstance(v, (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)):
+            size += len(v) + 1; stack += [(c, d + 1) for c in v] if size <= cap else []
+        else: size += 1
+    return size, depth
+
+def _check_value(v, what: str = "a value") -> None:
+    if not isinstance(v, (int, float, bool, type(None))): _check_size(_deep_size(v, TEMPLATE_MAX_CHARS)[0], what)
+
+# %% ../nbs/05b_chat.ipynb #14ec28e3
+def _big(digits: str) -> int: return TEMPLATE_MAX_CHARS + 1 if len(digits) > 9 else int(digits)
+
+def _formatted(fmt, args) -> int:
+    "Characters a %- or {}-format of `fmt` with `args` can make: the text, every width and precision, the arguments."
+    if not isinstance(fmt, str): return 0
+    args = tuple(args.values()) if isinstance(args, dict) else args if isinstance(args, tuple) else (args,)
+    widths = sum(_big(d) for m in re.finditer(r"%[#0 +\-]*(\d*)(?:\.(\d*))?", fmt) for d in m.groups() if d)
+    widths += sum(_big(d) for spec in re.findall(r"\{[^{}]*?:([^{}]*)\}", fmt) for d in re.findall(r"\d+", spec))
+    if "*" in fmt or re.search(r"\{[^{}]*\{", fmt):               # widths taken from the arguments
+        widths += sum(abs(a) for a in args if isinstance(a, int) and a.bit_length() < 64)
+    return len(fmt) + widths + sum(_deep_size(a, TEMPLATE_MAX_CHARS)[0] for a in args)
+
+def _replaced(s, old, new, count=None) -> int:
+    if not (isinstance(s, str) and isinstance(old, str) and isinstance(new, str)): return 0
+    k = s.count(old) if old else len(s) + 1
+    if isinstance(count, int) and count >= 0: k = min(k, count)
+    return len(s) + k * max(0, len(new) - len(old))
+
+def _width(w) -> int: return w if isinstance(w, int) else len(w) if isinstance(w, str) else 0
+
+def _joined(sep, items) -> int:
+    n = len(items) if isinstance(items, (str, list, tuple, dict)) else 0
+    return _width(sep) * n + _deep_size(items, TEMPLATE_MAX_CHARS)[0]
+
+def _estimate(name: str, s, a: tuple, kw: dict, method: bool) -> int:
+    """Characters or items the filter `name` (or the str method, if `method`) makes from `s` and its arguments:
+    the few that can make far more than they are given; 0 for the others (their result is measured after)."""
+    arg = lambda i, key, default: a[i] if len(a) > i else kw.get(key, default)
+    n, lines = (len(s), s.count("\n") + 1) if isinstance(s, str) else (0, 1)
+    if name in ("center", "ljust", "rjust", "zfill"): return max(n, _width(arg(0, "width", 0)))
+    if name == "indent": return n + lines * _width(arg(0, "width", 4))
+    if name == "expandtabs": return n + (s.count("\t") if isinstance(s, str) else 0) * _width(arg(0, "tabsize", 8))
+    if name == "replace": return _replaced(s, arg(0, "old", ""), arg(1, "new", ""), arg(2, "count", None))
+    if name == "join": return _joined(s, arg(0, "iterable", ())) if method else _joined(arg(0, "d", ""), s)
+    if name == "format": return _formatted(s, a + tuple(kw.values()) if method else (kw or a))
+    if name == "format_map": return _formatted(s, a[0] if a else {})
+    if name in ("batch", "slice"): return _width(arg(0, "linecount" if name == "batch" else "slices", 0))
+    if name == "wordwrap":
+        return n + (n // max(_width(arg(0, "width", 79)), 1) + 1) * _width(arg(2, "wrapstring", None) or "\n")
+    if name in ("tojson", "pprint"):
+        size, depth = _deep_size(s, TEMPLATE_MAX_CHARS)
+        return (size + 1) * (1 + (_width(arg(1, "indent", None)) if name == "tojson" else 1) * depth)
+    if name == "translate" and a and isinstance(a[0], dict): return n * max([_width(v) for v in a[0].values()] + [1])
+    return 0
+
+# %% ../nbs/05b_chat.ipynb #4ec1ceae
+def _unsized(x) -> bool: return isinstance(x, Iterable) and not isinstance(x, (str, bytes, list, tuple, dict))
+
+def _budgeted_filter(name: str, f):
+    "Filter `f`, its growth estimated before it runs and its result measured after."
+    skip = 0 if getattr(f, "jinja_pass_arg", None) is None else 1      # context/environment comes first
+    @functools.wraps(f)                                                 # keeps jinja_pass_arg
+    def run(*args, **kwargs):
+        a = list(args[skip:])
+        if name == "join" and a and _unsized(a[0]): a[0] = list(a[0])       # a range, a generator: size it first
+        for v in (*a, *kwargs.values()): _check_value(v, f"an argument of the {name} filter")
+        if a: _check_size(_estimate(name, a[0], tuple(a[1:]), kwargs, method=False), f"the {name} filter's result")
+        out = f(*args[:skip], *a, **kwargs)
+        _check_value(out, f"the {name} filter's result")
+        return out
+    return run
+
+# %% ../nbs/05b_chat.ipynb #4ec1ceaf
+class _BudgetedSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's sandbox (no attribute escapes, range() bounded) with a render budget: the operators, calls and
+    filters that can make large values are sized before they run, every value and the whole output are measured,
+    and a trace of the render's Python steps stops it at the deadline."""
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deadline = time.monotonic() + TEMPLATE_MAX_SECONDS
+        self.filters = {name: _budgeted_filter(name, f) for name, f in self.filters.items()}
+        self.finalize = lambda v: (_check_value(v, "an output value"), v)[1]
+        self.code_generator_class = _BudgetedCodeGenerator
+
+    def sized(self, v):
+        _check_value(v, "a compared value")
+        return v
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _OverBudget(f"ran for over {TEMPLATE_MAX_SECONDS:g} s, the template limit "
+                              "(llama_lit.chat.TEMPLATE_MAX_SECONDS)")
+
+    def trace(self, frame, event, arg):
+        "sys.settrace hook: the deadline checked at every call and line, except in this module's own checks."
+        self.tick()
+        return None if frame.f_globals is globals() else self.trace      # not this module's own frames
+
+    def call_binop(self, context, operator, left, right):
+        self.tick()
+        if operator == "*":
+            for seq, k in ((left, right), (right, left)):
+                if isinstance(seq, (str, bytes, list, tuple)) and isinstance(k, int):
+                    _check_size(len(seq) * max(k, 0), "a repetition")
+            if isinstance(left, int) and isinstance(right, int): _check_bits(left.bit_length() + right.bit_length())
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            _check_bits(right * math.log2(abs(left)))
+        elif operator == "+" and isinstance(left, (str, bytes, list, tuple)) and isinstance(right, type(left)):
+            _check_size(len(left) + len(right), "a concatenation")
+        elif operator == "%" and isinstance(left, str): _check_size(_formatted(left, right), "a %-formatted string")
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, context, obj, /, *args, **kwargs):
+        self.tick()
+        target = getattr(obj, "__wrapped__", obj)                       # str.format: the sandbox's wrapper
+        subject, name = getattr(target, "__self__", None), getattr(target, "__name__", "")
+        if isinstance(subject, (str, bytes)) and name == "join" and args and _unsized(args[0]):
+            args = (list(args[0]), *args[1:])
+        for v in (*args, *kwargs.values()): _check_value(v, f"an argument of {name or 'a call'}()")
+        if isinstance(subject, (str, bytes)):
+            _check_size(_estimate(name, subject, args, kwargs, method=True), f"the result of {name}()")
+        if obj is self.globals.get("lipsum"):                            # paragraphs × words × characters
+            _check_size(_width(args[0] if args else kwargs.get("n", 5)) * _width(kwargs.get("max", 100)) * 12,
+                        "lipsum()")
+        out = super().call(context, obj, *args, **kwargs)
+        _check_value(out, f"the result of {name or 'a call'}()")
+        return out
+
 # %% ../nbs/05b_chat.ipynb #b4c14322
-def _jinja_env():
-    "A sandboxed Jinja environment set up as transformers' apply_chat_template sets up its own."
-    import jinja2, jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+class _BudgetedCodeGenerator(CodeGenerator):
+    """Jinja's compiler, with `a ~ b` joined by the environment's measured `concat` (as output and blocks are), and
+    the operands of `==`, `<`, `in`, … measured first: two nested lists equal in shape compare in C, untraced."""
+    def visit_Compare(self, node, frame):
+        self.write("(environment.sized(")
+        self.visit(node.expr, frame)
+        self.write(")")
+        for op in node.ops: self.visit(op, frame)
+        self.write(")")
+
+    def visit_Operand(self, node, frame):
+        self.write(f" {operators[node.op]} environment.sized(")
+        self.visit(node.expr, frame)
+        self.write(")")
+
+    def visit_Concat(self, node, frame):
+        self.write("environment.concat(map(str, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write(")))")
+
+def _measured_concat(parts) -> str:
+    "''.join(parts), refused once the parts pass TEMPLATE_MAX_CHARS: a render's output, a macro's, a `~`."
+    out, n = [], 0
+    for p in parts:
+        n += len(p)
+        _check_size(n, "text")
+        out.append(p)
+    return "".join(out)
+
+def _jinja_env() -> _BudgetedSandbox:
+    "A sandboxed Jinja environment set up as transformers' apply_chat_template sets up its own, with a render budget."
     def raise_exception(message): raise jinja2.exceptions.TemplateError(message)
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        import json
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
     def strftime_now(fmt): return time.strftime(fmt)
     class Generation(jinja2.ext.Extension):
@@ -93,28 +293,47 @@ def _jinja_env():
             body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
             return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
         def _body(self, caller): return caller()
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols", Generation])
-    env.filters["tojson"] = tojson
+    env = _BudgetedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", Generation])
+    env.concat = _measured_concat
+    env.filters["tojson"] = _budgeted_filter("tojson", tojson)
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
     return env
 
 # %% ../nbs/05b_chat.ipynb #5b494b10
+def _template_text(tokenizer: Tokenizer) -> str:
+    "The template a dialog is rendered with: the tokenizer's own, or of its (transformers') named ones the default."
+    t = tokenizer.chat_template
+    named = {"default": t} if isinstance(t, str) else named_chat_templates(t, "the tokenizer's chat_template")
+    named = named or getattr(tokenizer, "chat_templates", None) or {}
+    if "default" not in named:
+        if named: raise ValueError(f"the tokenizer {tokenizer.model_path} has chat templates named {sorted(named)} "
+                                   "but none named 'default'; set tokenizer.chat_template to the one to use")
+        raise ValueError(f"the tokenizer {tokenizer.model_path} has no chat template")
+    if len(named["default"]) > TEMPLATE_MAX_CHARS:
+        raise ValueError(f"the model's chat template has {len(named['default']):,} characters, over the template "
+                         f"limit of {TEMPLATE_MAX_CHARS:,} (llama_lit.chat.TEMPLATE_MAX_CHARS)")
+    return named["default"]
+
 def render_chat_template(dialog: Dialog, tokenizer: Tokenizer, add_generation_prompt: bool = True) -> str:
-    "The text of `dialog` in the tokenizer's own Jinja chat template, as transformers' apply_chat_template renders it."
-    if not tokenizer.chat_template: raise ValueError(f"the tokenizer {tokenizer.model_path} has no chat template")
+    """The text of `dialog` in the tokenizer's own Jinja chat template, as transformers' apply_chat_template renders it,
+    within the template limits (TEMPLATE_MAX_CHARS, TEMPLATE_MAX_SECONDS, TEMPLATE_MAX_INT_BITS)."""
+    template = _template_text(tokenizer)
     _check_messages(dialog)
-    import jinja2
+    env, before = _jinja_env(), sys.gettrace()
     try:
-        return _jinja_env().from_string(tokenizer.chat_template).render(
-            messages=dialog, add_generation_prompt=add_generation_prompt,
-            bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
-    except jinja2.exceptions.TemplateError as e:
-        raise ValueError(f"the model's chat template refused the dialog: {e}") from None
+        compiled = env.from_string(template)                      # linear in the template's length: not traced
+        sys.settrace(env.trace)                                   # this thread only; the old tracer comes back below
+        return compiled.render(messages=dialog, add_generation_prompt=add_generation_prompt,
+                               bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+    except _OverBudget as e: msg = f"the model's chat template {e}"
+    except jinja2.exceptions.TemplateError as e: msg = f"the model's chat template refused the dialog: {e}"
+    except Exception as e: msg = f"the model's chat template failed: {type(e).__name__}: {e}"   # 1 // 0, recursion
+    finally: sys.settrace(before)
+    raise ValueError(" ".join(msg.split())) from None             # one line
 
 def chat_format(tokenizer: Tokenizer) -> str:
     "'template' (the model's own), 'llama3' (header tokens) or 'llama2' ([INST] tags): the format a model was tuned on."
-    if tokenizer.chat_template: return "template"
+    if tokenizer.chat_template or getattr(tokenizer, "chat_templates", None): return "template"
     if "<|start_header_id|>" in tokenizer.special_tokens: return "llama3"
     return "llama2"
 

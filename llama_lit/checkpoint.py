@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -14,18 +16,19 @@ from pathlib import Path
 
 import torch
 
-from .config import LLAMA_CONFIGS, ModelArgs, ffn_sizing, weight_shapes
+from .config import LLAMA_CONFIGS, ModelArgs, check_params, ffn_sizing, weight_shapes
 from .core import moved
 from .model import meta_state_dict, tie_state_dict
 from .rope import permute_hf_to_meta, permute_meta_to_hf
+from .tokenizer import read_json_object
 
 # %% auto #0
-__all__ = ['TOKENIZER_FILES', 'split_dim', 'shards_vocab_parallel', 'merge_shards', 'split_state_dict', 'check_parallel_sizes',
-           'expected_shapes', 'check_state_dict', 'read_json', 'read_params', 'checkpoint_files', 'load_pth',
-           'full_shapes', 'load_shard', 'check_output_dir', 'clean_stale_temps', 'atomic_dir', 'copy_tokenizer_files',
-           'save_checkpoint', 'embedding_layout', 'reshard', 'hf_config_to_params', 'convert_hf_state_dict',
-           'convert_meta_state_dict_to_hf', 'known_context_length', 'params_to_hf_config', 'load_hf_state_dict',
-           'convert_from_hf', 'convert_to_hf']
+__all__ = ['WEIGHT_DTYPES', 'TOKENIZER_FILES', 'HF_CONFIG_NAMES', 'split_dim', 'shards_vocab_parallel', 'merge_shards',
+           'split_state_dict', 'check_parallel_sizes', 'expected_shapes', 'check_weight_dtypes', 'check_state_dict',
+           'read_json', 'read_params', 'checkpoint_files', 'load_pth', 'full_shapes', 'load_shard', 'check_output_dir',
+           'clean_stale_temps', 'atomic_dir', 'copy_tokenizer_files', 'save_checkpoint', 'embedding_layout', 'reshard',
+           'hf_config_to_params', 'convert_hf_state_dict', 'convert_meta_state_dict_to_hf', 'known_context_length',
+           'params_to_hf_config', 'load_hf_state_dict', 'convert_from_hf', 'convert_to_hf']
 
 # %% ../nbs/06_checkpoint.ipynb #08ae6598
 _SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1,
@@ -83,8 +86,19 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple]:
     shapes = weight_shapes(args)
     return {**shapes, "output.weight": shapes["tok_embeddings.weight"]}     # a tied model may store it, as the table
 
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+def check_weight_dtypes(sd: dict, source="the checkpoint") -> None:
+    "Raise ValueError naming the first tensor of `sd` that is not floating point (integer weights compute garbage)."
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor) and v.dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"{source}: {k} has dtype {v.dtype}; LLaMA weights are floating point (float16, "
+                             "bfloat16, float32 or float64)")
+
 def check_state_dict(shapes: dict, args: ModelArgs, source="the checkpoint") -> None:
-    "Raise ValueError naming the first tensor that is missing, unexpected or of the wrong shape for `args`."
+    """Raise ValueError naming the first tensor that is missing, unexpected or of the wrong shape for `args` (or, for
+    tensors, of a dtype that is not floating point)."""
+    check_weight_dtypes(shapes, source)
     got = {k: tuple(getattr(v, "shape", v)) for k, v in shapes.items() if k != "rope.freqs"}
     found = 1 + max((int(k.split(".")[1]) for k in got if k.startswith("layers.") and k.split(".")[1].isdigit()),
                     default=-1)
@@ -109,11 +123,7 @@ def read_json(path, what: str = "file") -> dict:
     "A JSON object from `path`, with errors that name the file."
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"{what} not found: {p}")
-    try: obj = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError: raise ValueError(f"{p} is not UTF-8 text") from None
-    except json.JSONDecodeError as e: raise ValueError(f"{p} is not valid JSON: {e}") from None
-    if not isinstance(obj, dict): raise ValueError(f"{p} must hold a JSON object, not a {type(obj).__name__}")
-    return obj
+    return read_json_object(p)                                   # chapter 00: not UTF-8, not JSON, not an object
 
 def read_params(ckpt_dir) -> dict:
     "The `params.json` of a Meta checkpoint directory."
@@ -144,9 +154,17 @@ def load_pth(path) -> dict:
         except RuntimeError as e:                                    # a legacy (pre-zip) .pth cannot be memory-mapped
             if "mmap" not in str(e): raise
             sd = load(mmap=False)
+    except pickle.UnpicklingError as e:                              # weights_only refused a Python object
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise ValueError(f"{path} holds Python objects, not only tensors{f' ({found[1]})' if found else ''}: "
+                         "loading it could run code, so llama_lit does not") from None
     except Exception as e:
         raise ValueError(f"cannot read checkpoint file {path} (corrupt or truncated?): {e}") from None
-    if not isinstance(sd, dict): raise ValueError(f"{path} does not hold a state dict")
+    if not isinstance(sd, dict): raise ValueError(f"{path} does not hold a state dict, but a {type(sd).__name__}")
+    for k, v in sd.items():
+        if not isinstance(k, str): raise ValueError(f"{path} is not a state dict: its key {k!r:.40} is not a name")
+        if not isinstance(v, torch.Tensor): raise ValueError(f"{path}: {k} is a {type(v).__name__}, not a tensor")
+    check_weight_dtypes(sd, str(path))
     return sd
 
 # %% ../nbs/06_checkpoint.ipynb #191e09f2
@@ -209,6 +227,11 @@ def clean_stale_temps(out_dir) -> list[Path]:
     return removed
 
 # %% ../nbs/06_checkpoint.ipynb #2fc8adc4
+def _file_mode(mode: int = 0o666) -> int:
+    "`mode` less the process's umask: what open() or mkdir() would give."
+    umask = os.umask(0); os.umask(umask)
+    return mode & ~umask
+
 @contextmanager
 def atomic_dir(out_dir):
     "Yield a temporary directory that becomes `out_dir` only if the block finishes; removed on any error."
@@ -216,8 +239,7 @@ def atomic_dir(out_dir):
     clean_stale_temps(out)                                           # litter of a run that was killed (SIGKILL)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    umask = os.umask(0); os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)                                    # as mkdir would, not mkdtemp's 0700
+    os.chmod(tmp, _file_mode(0o777))                                 # as mkdir would, not mkdtemp's 0700
     try:
         yield tmp
         os.replace(tmp, out)
@@ -267,7 +289,7 @@ def reshard(in_dir, out_dir, mp: int) -> Path:
     params = read_params(in_dir)
     shapes, disk_vp = full_shapes(in_dir)
     if params.get("vocab_size", -1) <= 0: params = {**params, "vocab_size": shapes["tok_embeddings.weight"][0]}
-    args = ModelArgs.from_params(params)
+    args = ModelArgs.from_params(params, str(Path(in_dir) / "params.json"))
     check_state_dict(shapes, args, str(in_dir))
     check_parallel_sizes(args, mp)
     full = merge_shards([load_pth(f) for f in checkpoint_files(in_dir)], disk_vp)
@@ -281,25 +303,45 @@ _HF_LAYER = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.
              "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
              "post_attention_layernorm": "ffn_norm"}
 
-def _hf_rope(cfg: dict) -> dict:
-    "The RoPE fields of params.json from a config's rope_parameters (transformers 5) or rope_scaling (4.x)."
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+HF_CONFIG_NAMES = dict(   # params.json field: its name in a LlamaConfig (for messages)
+    dim="hidden_size", n_layers="num_hidden_layers", n_heads="num_attention_heads", n_kv_heads="num_key_value_heads",
+    norm_eps="rms_norm_eps", rope_scaling_factor="rope_scaling.factor",
+    rope_low_freq_factor="rope_scaling.low_freq_factor", rope_high_freq_factor="rope_scaling.high_freq_factor",
+    rope_original_max_seq_len="rope_scaling.original_max_position_embeddings", context_length="max_position_embeddings",
+    multiple_of="intermediate_size", ffn_dim_multiplier="intermediate_size")
+_LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+def _hf_rope(cfg: dict, source="config.json") -> dict:
+    """The RoPE fields of params.json from a config's rope_parameters (transformers 5) or rope_scaling (4.x), as
+    given (check_params checks them); Llama 3's needs the four keys transformers needs."""
+    for key in ("rope_parameters", "rope_scaling"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            raise ValueError(f"{source}: {key} must be an object or null, got {cfg[key]!r:.60}")
+    key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+    rope = cfg.get(key) or {}
+    if "rope_theta" in rope and "rope_theta" in cfg and rope["rope_theta"] != cfg["rope_theta"]:
+        raise ValueError(f"{source}: rope_theta={cfg['rope_theta']!r} but {key}.rope_theta={rope['rope_theta']!r}; "
+                         "transformers 4 and 5 would read different models")
     kind = rope.get("rope_type", rope.get("type", "default"))
-    out = dict(rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
+    out = dict(rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
     if kind == "llama3":
-        out.update(use_scaled_rope=True, rope_scaling_factor=float(rope["factor"]),
-                   rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-                   rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-                   rope_original_max_seq_len=int(rope.get("original_max_position_embeddings", 8192)))
+        if missing := [k for k in _LLAMA3_ROPE_KEYS if k not in rope]:
+            raise ValueError(f"{source}: {key} of rope_type 'llama3' lacks {missing} (transformers needs them too)")
+        out.update(use_scaled_rope=True, rope_scaling_factor=rope["factor"],
+                   rope_low_freq_factor=rope["low_freq_factor"], rope_high_freq_factor=rope["high_freq_factor"],
+                   rope_original_max_seq_len=rope["original_max_position_embeddings"])
     elif kind != "default":
         raise ValueError(f"RoPE scaling {kind!r} is not implemented (only default RoPE and Llama 3's 'llama3')")
     return out
 
-def hf_config_to_params(cfg: dict) -> dict:
-    "Meta params.json fields from a Hugging Face LlamaConfig dict (transformers 4.x or 5.x); refuses what is not here."
+# %% ../nbs/06_checkpoint.ipynb #e3b6c85a
+def hf_config_to_params(cfg: dict, source="config.json") -> dict:
+    """Meta params.json fields from a Hugging Face LlamaConfig dict (transformers 4.x or 5.x), every value checked
+    (`check_params`, with the config's own key names); refuses what is not implemented here."""
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
-        if not isinstance(cfg.get(key), int):
-            raise ValueError(f"config.json has no integer {key!r} (got {cfg.get(key)!r}); is this a LLaMA config?")
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{source}: {key!r} must be a positive integer, got {v!r:.60}; is this a LLaMA config?")
     if cfg.get("model_type", "llama") != "llama":
         raise ValueError(f"model_type {cfg['model_type']!r} is not a LLaMA (only model_type 'llama' is implemented)")
     dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -312,11 +354,17 @@ def hf_config_to_params(cfg: dict) -> dict:
     if cfg.get("sliding_window") is not None:
         raise ValueError(f"sliding_window={cfg['sliding_window']} is not implemented "
                          "(LLaMA attends to the whole context)")
-    params = dict(dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
-                  n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
-                  norm_eps=cfg.get("rms_norm_eps", 1e-5), **ffn_sizing(dim, cfg["intermediate_size"]), **_hf_rope(cfg))
-    if cfg.get("tie_word_embeddings"): params["tie_word_embeddings"] = True
-    if cfg.get("max_position_embeddings"): params["context_length"] = int(cfg["max_position_embeddings"])
+    kv = cfg.get("num_key_value_heads")
+    params = dict(dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_heads if kv is None else kv,
+                  vocab_size=cfg["vocab_size"], norm_eps=cfg.get("rms_norm_eps", 1e-5), **_hf_rope(cfg, source),
+                  tie_word_embeddings=cfg.get("tie_word_embeddings", False))
+    if cfg.get("max_position_embeddings") is not None: params["context_length"] = cfg["max_position_embeddings"]
+    check_params(params, source, HF_CONFIG_NAMES)                    # before any arithmetic on them
+    params.update(ffn_sizing(dim, cfg["intermediate_size"]), norm_eps=float(params["norm_eps"]),
+                  rope_theta=float(params["rope_theta"]))
+    for k in ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+        if k in params: params[k] = float(params[k])
+    if not params["tie_word_embeddings"]: del params["tie_word_embeddings"]   # written only when true, as before
     return params
 
 # %% ../nbs/06_checkpoint.ipynb #ebd728ba
@@ -405,24 +453,45 @@ def params_to_hf_config(params: dict, bos_id: int | None = None, eos_id: int | l
                 bos_token_id=bos_id, eos_token_id=eos_id, attention_bias=False, mlp_bias=False)
 
 # %% ../nbs/06_checkpoint.ipynb #b37b5002
+def _model_root(d: Path) -> Path:
+    """The folder a model's files must lie in: the model folder, or for a Hugging Face cache snapshot
+    (`models--x/snapshots/<rev>`, whose files link to `../../blobs/`) the cached repository `models--x`."""
+    d = d.resolve()
+    return d.parent.parent if d.parent.name == "snapshots" and (d.parent.parent / "blobs").is_dir() else d
+
+def _inside(in_dir: Path, name, where) -> Path:
+    "The file `name` of the model folder; ValueError, before it is opened, for a name or a link that leads out."
+    if not isinstance(name, str) or not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"{where} names {name!r:.80}, outside the model folder {in_dir}; only files inside it "
+                         "are read")
+    f = in_dir / name
+    if f.exists() and not f.resolve().is_relative_to(_model_root(in_dir)):
+        raise ValueError(f"{where} names {name}, a link to {f.resolve()}, outside the model folder {in_dir}; only "
+                         "files inside it are read")
+    return f
+
 def _hf_weight_files(in_dir: Path) -> list[Path]:
+    "The safetensors files of a Hugging Face folder, every one inside it (an index could name any file)."
     index = in_dir / "model.safetensors.index.json"
     if index.is_file():
         wm = read_json(index).get("weight_map")
         if not isinstance(wm, dict): raise ValueError(f"{index} has no weight_map")
-        files = [in_dir / f for f in sorted(set(wm.values()))]
-    elif (in_dir / "model.safetensors").is_file(): files = [in_dir / "model.safetensors"]
+        files = sorted({_inside(in_dir, f, f"{index}'s weight_map") for f in wm.values()})   # each checked
+    elif (in_dir / "model.safetensors").is_file(): files = [_inside(in_dir, "model.safetensors", in_dir)]
     else: raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {in_dir}")
     for f in files:
         if not f.is_file(): raise FileNotFoundError(f"weight file listed in the index is missing: {f}")
     return files
 
 def load_hf_state_dict(in_dir: Path) -> dict:
+    "Every tensor of a Hugging Face folder's safetensors files, each file inside the folder and of float dtypes."
     from safetensors.torch import load_file
     sd = {}
     for f in _hf_weight_files(in_dir):
-        try: sd.update(load_file(f))
+        try: part = load_file(f)
         except Exception as e: raise ValueError(f"cannot read {f} (corrupt or truncated safetensors?): {e}") from None
+        check_weight_dtypes(part, str(f))
+        sd.update(part)
     return sd
 
 # %% ../nbs/06_checkpoint.ipynb #2a3682de
@@ -442,7 +511,7 @@ def convert_from_hf(in_dir, out_dir) -> Path:
     "Convert a Hugging Face LLaMA directory (config.json, safetensors, tokenizer files) into a Meta-format checkpoint."
     in_dir = Path(in_dir)
     if not in_dir.is_dir(): raise FileNotFoundError(f"Hugging Face directory not found: {in_dir}")
-    params = hf_config_to_params(read_json(in_dir / "config.json", "config.json"))
+    params = hf_config_to_params(read_json(in_dir / "config.json", "config.json"), str(in_dir / "config.json"))
     full = convert_hf_state_dict(load_hf_state_dict(in_dir), params)
     return save_checkpoint(out_dir, params, full, 1, tokenizer_dir=in_dir)
 
@@ -453,7 +522,7 @@ def convert_to_hf(in_dir, out_dir, context_length: int | None = None) -> Path:
     shapes, disk_vp = full_shapes(in_dir)
     if params.get("vocab_size", -1) <= 0: params = {**params, "vocab_size": shapes["tok_embeddings.weight"][0]}
     if context_length is not None: params = {**params, "context_length": context_length}
-    args = ModelArgs.from_params(params)
+    args = ModelArgs.from_params(params, str(Path(in_dir) / "params.json"))
     check_state_dict(shapes, args, str(in_dir))
     bos, eos = _hf_tokenizer_ids(_dir_tokenizer(Path(in_dir)))
     config = params_to_hf_config(params, bos, eos)
@@ -461,7 +530,10 @@ def convert_to_hf(in_dir, out_dir, context_length: int | None = None) -> Path:
     hf = {k: v.contiguous() for k, v in convert_meta_state_dict_to_hf(full, params).items()}
     with atomic_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(hf, tmp / "model.safetensors", metadata={"format": "pt"})
+        try: save_file(hf, tmp / "model.safetensors", metadata={"format": "pt"})
+        except Exception as e:                                       # a full disk: one line, not safetensors' 18
+            raise OSError(f"cannot write {Path(out_dir) / 'model.safetensors'}: {str(e).splitlines()[0]}") from None
+        os.chmod(tmp / "model.safetensors", _file_mode())            # safetensors writes 0600; the rest: umask
         copy_tokenizer_files(in_dir, tmp)
     return Path(out_dir)
 

@@ -95,10 +95,10 @@ def _model_args(p: argparse.ArgumentParser):
                    help="divide the positive logits (multiply the negative) of tokens already in the text by this; "
                         "1.0 = off, 1.2-1.3 stops greedy loops")
     p.add_argument("--seed", type=int, default=1, help="random seed (rank 0's is used on every rank)")
-    p.add_argument("--quant", choices=["int8", "int4", "gguf"], default=None,
-                   help="weight-only quantization (chapter 10), with torch's kernels for the model's device (CPU or "
-                        "CUDA): int8 per channel, int4 in groups of 32, or gguf: a GGUF file's own Q4_1/Q4_0/Q8_0 "
-                        "blocks kept as they are")
+    p.add_argument("--quant", choices=["auto", "none", "int8", "int4", "gguf"], default="auto",
+                   help="weight-only quantization (chapter 10): auto (default) keeps a quantized GGUF's own blocks "
+                        "(gguf) and loads everything else in float; none: float always; int8 per channel or int4 in "
+                        "groups of 32 for a float checkpoint; gguf: a GGUF file's own blocks kept as they are")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (chapter 07): slower to start, faster per token")
     p.add_argument("--kernels", choices=["auto", "on", "off"], default="auto",
@@ -164,8 +164,9 @@ def utf8_text(s: str, what: str) -> str:
 # %% ../nbs/90_cli.ipynb #2cca3b65
 def _build(a, max_batch_size: int) -> Llama:
     ckpt = a.ckpt_dir if a.ckpt_dir is not None else MODELS[a.model]()
+    kernels = {"auto": None, "on": True, "off": False}[a.kernels]
     return Llama.build(ckpt, a.tokenizer, max_seq_len=a.max_seq_len, max_batch_size=max_batch_size, seed=a.seed,
-                       quant=a.quant, compile=a.compile, kernels={"auto": None, "on": True, "off": False}[a.kernels])
+                       quant=None if a.quant == "none" else a.quant, compile=a.compile, kernels=kernels)
 
 def _sampling(a) -> dict:
     "The optional sampling flags, as keyword arguments of Llama's methods."

@@ -5,13 +5,15 @@
 # %% ../nbs/03a_config.ipynb #3aa6286a
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from math import prod
 
 from .core import patch, patch_to
 
 # %% auto #0
-__all__ = ['LLAMA_CONFIGS', 'ModelArgs', 'ffn_hidden_dim', 'ffn_sizing', 'weight_shapes', 'count_params']
+__all__ = ['FIELD_RULES', 'LLAMA_CONFIGS', 'ModelArgs', 'check_params', 'ffn_hidden_dim', 'ffn_sizing', 'weight_shapes',
+           'count_params']
 
 # %% ../nbs/03a_config.ipynb #feae61aa
 @dataclass
@@ -36,23 +38,7 @@ class ModelArgs:
     max_batch_size: int = 32
     max_seq_len: int = 2048
 
-    def __post_init__(self):
-        for name in ("dim", "n_layers", "n_heads", "max_batch_size", "max_seq_len"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1):
-            raise ValueError(f"n_kv_heads must be a positive integer or None, got {self.n_kv_heads!r}")
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
-        if self.n_heads % self.kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even: RoPE rotates pairs of dimensions")
-        if self.use_scaled_rope and not (self.rope_scaling_factor >= 1
-                                         and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
-            raise ValueError(f"RoPE scaling needs factor >= 1 and 0 < low_freq_factor < high_freq_factor, got "
-                             f"{self.rope_scaling_factor}, {self.rope_low_freq_factor}, {self.rope_high_freq_factor}")
+    def __post_init__(self): check_params(vars(self))      # every field's type and range (below)
 
     @property
     def head_dim(self) -> int: return self.dim // self.n_heads
@@ -67,19 +53,60 @@ class ModelArgs:
         "The SwiGLU hidden width: `ffn_hidden_dim(dim, multiple_of, ffn_dim_multiplier)`."
         return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
+# %% ../nbs/03a_config.ipynb #2994d55f
+def _int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+_POS_INT = (lambda v: _int(v) and v >= 1, "a positive integer")
+_INT_OR_NONE = (lambda v: v is None or (_int(v) and v >= 1), "a positive integer or null")
+_POS_NUM = (lambda v: _num(v) and v > 0, "a finite number > 0")
+_FLAG = (lambda v: isinstance(v, bool), "true or false")
+FIELD_RULES = dict(   # field: (test, what it must be)
+    dim=_POS_INT, n_layers=_POS_INT, n_heads=_POS_INT, n_kv_heads=_INT_OR_NONE, multiple_of=_POS_INT,
+    vocab_size=(lambda v: _int(v) and (v >= 1 or v == -1), "a positive integer (or -1: the tokenizer's)"),
+    ffn_dim_multiplier=(lambda v: v is None or (_num(v) and v > 0), "a finite number > 0 or null"),
+    norm_eps=_POS_NUM, rope_theta=_POS_NUM, use_scaled_rope=_FLAG, rope_scaling_factor=_POS_NUM,
+    rope_low_freq_factor=_POS_NUM, rope_high_freq_factor=_POS_NUM, rope_original_max_seq_len=_POS_INT,
+    tie_word_embeddings=_FLAG, vocab_parallel_embedding=_FLAG, context_length=_INT_OR_NONE,
+    max_batch_size=_POS_INT, max_seq_len=_POS_INT)
+
+def check_params(params: dict, source: str | None = None, names: dict | None = None) -> None:
+    """ValueError for the first field in `params` of the wrong type or range, or for sizes that do not fit together
+    (missing fields at ModelArgs' defaults); the message names the file (`source`) and the key as it spells it."""
+    at, name = f"{source}: " if source else "", lambda k: (names or {}).get(k, k)
+    for k, v in params.items():
+        if k in FIELD_RULES and not FIELD_RULES[k][0](v):
+            raise ValueError(f"{at}{name(k)} must be {FIELD_RULES[k][1]}, got {v!r:.60}")
+    p = {**{k: f.default for k, f in ModelArgs.__dataclass_fields__.items()}, **params}
+    dim, heads = p["dim"], p["n_heads"]
+    kv = heads if p["n_kv_heads"] is None else p["n_kv_heads"]
+    if dim % heads: raise ValueError(f"{at}{name('dim')}={dim} is not divisible by {name('n_heads')}={heads}")
+    if heads % kv: raise ValueError(f"{at}{name('n_heads')}={heads} is not divisible by {name('n_kv_heads')}={kv}")
+    if dim // heads % 2:
+        raise ValueError(f"{at}head_dim={dim // heads} must be even: RoPE rotates pairs of dimensions")
+    if p["ffn_dim_multiplier"] is not None and int(p["ffn_dim_multiplier"] * int(8 * dim / 3)) < 1:   # ffn_hidden_dim
+        raise ValueError(f"{at}the FFN hidden size is 0 ({name('ffn_dim_multiplier')}={p['ffn_dim_multiplier']})")
+    factor, low, high = p["rope_scaling_factor"], p["rope_low_freq_factor"], p["rope_high_freq_factor"]
+    if p["use_scaled_rope"] and not (factor >= 1 and low < high):
+        raise ValueError(f"{at}RoPE scaling needs {name('rope_scaling_factor')} >= 1 and 0 < "
+                         f"{name('rope_low_freq_factor')} < {name('rope_high_freq_factor')}, "
+                         f"got {factor}, {low}, {high}")
+
 # %% ../nbs/03a_config.ipynb #c64a0b85
 @patch_to(ModelArgs, static=True)
-def from_params(params: dict, **overrides) -> ModelArgs:
-    "Build from a `params.json` dict; a key this code does not implement is refused, never dropped."
+def from_params(params: dict, source: str | None = None, names: dict | None = None, **overrides) -> ModelArgs:
+    """Build from a `params.json` dict, every value checked (`check_params`, naming `source`, the file, and the keys
+    as `names` spells them); a key this code does not implement is refused, never dropped."""
     if not isinstance(params, dict):
         raise ValueError(f"params must be a JSON object (a dict), got {type(params).__name__}")
     known = ModelArgs.__dataclass_fields__
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"params.json has keys llama_lit does not implement: {unknown}; running without them "
-                         f"could be a different model (known keys: {sorted(known)})")
+        raise ValueError(f"{source or 'params.json'} has keys llama_lit does not implement: {unknown}; running "
+                         f"without them could be a different model (known keys: {sorted(known)})")
     merged = {**params, **overrides}
     if merged.get("rope_scaling_factor") is None: merged.pop("rope_scaling_factor", None)   # Meta writes null
+    check_params(merged, source, names)
     return ModelArgs(**merged)
 
 # %% ../nbs/03a_config.ipynb #0fbafeb7

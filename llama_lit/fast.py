@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed._functional_collectives as funcol
 import fairscale.nn.model_parallel.initialize as fs_init
-from fairscale.nn.model_parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from fairscale.nn.model_parallel.layers import (
+    ColumnParallelLinear, ParallelEmbedding, RowParallelLinear, VocabParallelEmbedding)
 
 from .attention import Attention, kv_cache_bytes, repeat_kv
 from .config import ModelArgs, weight_shapes
@@ -24,7 +25,8 @@ from .model import Transformer
 
 # %% auto #0
 __all__ = ['weights_read_per_token', 'weight_bytes_per_token', 'decode_bytes_per_step', 'decode_bound', 'rope_tables',
-           'apply_rotary_real', 'head_major_cache', 'fast_linears', 'FastForward', 'span_ladder']
+           'apply_rotary_real', 'head_major_cache', 'fast_linears', 'FastForward', 'pair_tables', 'rotate_pairs',
+           'span_ladder']
 
 # %% ../nbs/07_fast.ipynb #c8a557e1
 def weights_read_per_token(args: ModelArgs) -> dict[str, tuple]:
@@ -98,7 +100,8 @@ def fast_linears(block, fuse=None, float_linear=None) -> nn.ModuleDict:
 class FastForward(nn.Module):
     "Generation forward over `model`'s own weights and caches: last position's logits, SDPA, F.rms_norm, F.linear."
     def __init__(self, model: Transformer, compile: bool = False, last_only: bool = True, sdpa: bool = True,
-                 fused_norm: bool = True, plain_linear: bool = True, fuse=None, float_linear=None):
+                 fused_norm: bool = True, plain_linear: bool = True, fuse=None, float_linear=None,
+                 lean_decode: bool = True):
         super().__init__()
         self.model, self.last_only, self.sdpa, self.fused_norm = model, last_only, sdpa, fused_norm
         mp = fs_init.get_model_parallel_world_size()
@@ -111,6 +114,7 @@ class FastForward(nn.Module):
         self.caches = [head_major_cache(layer.attention) for layer in model.layers]
         self.cos, self.sin = rope_tables(model.freqs_cis)
         self._mark_static()
+        self.lean_decode = lean_decode and self.plain_linear and sdpa and fused_norm   # one process, every step above
         self.decode = self._compile_decode() if compile else None   # defined with the decode step, below
 
     @torch.inference_mode()
@@ -120,6 +124,7 @@ class FastForward(nn.Module):
         bsz, seqlen = tokens.shape
         if seqlen == 1 and self.decode is not None:
             return self.decode(tokens, torch.tensor([start_pos], device=tokens.device), self.span(start_pos))
+        if seqlen == 1 and self.lean_decode: return self._decode_lean(tokens, start_pos)   # fewer ops, below
         cos, sin = self.cos[start_pos : start_pos + seqlen], self.sin[start_pos : start_pos + seqlen]
         mask = None                                                 # from position 0: is_causal, no mask tensor at all
         if seqlen > 1 and start_pos > 0:                            # a chunk after cached tokens: a bool mask per call
@@ -173,10 +178,14 @@ def _all_gather(self: FastForward, x):
     g = funcol.wait_tensor(torch.ops._c10d_functional.all_gather_into_tensor(x.contiguous(), n, self.tp_group))
     return torch.cat(g.chunk(n, dim=0), dim=-1)               # (n * d0, ..., d) -> (d0, ..., n * d)
 
+_TABLES = (nn.Embedding, ParallelEmbedding, VocabParallelEmbedding)   # embeddings that hold a `.weight` table
+
 @patch
 def _embed(self: FastForward, tokens):
-    "Rows of the embedding table; on one process a plain lookup (fairscale's wrapper breaks torch.compile's graph)."
+    """Rows of the embedding table; on one process a plain lookup (fairscale's wrapper breaks torch.compile's graph);
+    an embedding module of another kind (rows looked up from quantized blocks, chapter 12) is called."""
     emb = self.model.tok_embeddings
+    if not isinstance(emb, _TABLES): return emb(tokens)            # a module of its own: forward(ids) -> rows
     if self.plain_linear: return F.embedding(tokens, emb.weight)
     if self.tp_group is None: return emb(tokens)
     if isinstance(emb, VocabParallelEmbedding):               # rows split by token id: others' tokens give zeros
@@ -189,6 +198,8 @@ def _embed(self: FastForward, tokens):
 def _norm(self: FastForward, norm, x):
     "RMSNorm as chapter 01 defines it (statistics in float32); with fused_norm, as one F.rms_norm call."
     if not self.fused_norm: return norm(x)
+    if x.dtype == norm.weight.dtype == torch.float32:           # nothing to convert: the weight inside the call
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps=norm.eps)
     return F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).type_as(x) * norm.weight
 
 # %% ../nbs/07_fast.ipynb #63fe083e
@@ -250,6 +261,37 @@ def _head(self: FastForward, h):
     if self.last_only: h = h[:, -1:]                           # (bsz, 1, dim): one row of logits per sequence
     output = self.model.output if self.output is None else self.output
     return self._linear(output, self._norm(self.model.norm, h)).float()
+
+# %% ../nbs/07_fast.ipynb #52795034
+def pair_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "c and s of the formula, (…, head_dim/2, 2), from one position's cos and sin (…, head_dim/2)."
+    return torch.stack([cos, cos], dim=-1), torch.stack([-sin, sin], dim=-1)
+
+def rotate_pairs(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    "Meta's interleaved-pair RoPE of x (…, head_dim) as x⊙c + swap(x)⊙s, c and s from `pair_tables`."
+    pairs = x.unflatten(-1, (-1, 2))                              # (…, head_dim/2, 2)
+    return (pairs * c + pairs.flip(-1) * s).flatten(-2)
+
+# %% ../nbs/07_fast.ipynb #1d1364be
+@patch
+def _decode_lean(self: FastForward, tokens, start_pos: int):
+    "One decode step, tokens (bsz, 1) at start_pos, with 2-D activations: logits (bsz, 1, vocab_size)."
+    bsz, end = tokens.shape[0], start_pos + 1
+    c, s = pair_tables(self.cos[start_pos], self.sin[start_pos])    # (head_dim/2, 2) each
+
+    def attention(attn, fast, kc, vc, x):                          # x (bsz, dim)
+        nh, nkv, hd = attn.n_local_heads, attn.n_local_kv_heads, attn.head_dim
+        if "wqkv" in fast: qk, v = fast["wqkv"](x).split([(nh + nkv) * hd, nkv * hd], dim=-1)
+        else: qk, v = torch.cat([self._linear(attn.wq, x), self._linear(attn.wk, x)], -1), self._linear(attn.wv, x)
+        qk = rotate_pairs(qk.view(bsz, nh + nkv, hd).float(), c, s).type_as(qk)   # (bsz, nh + nkv, hd)
+        kc[:bsz, :, start_pos] = qk[:, nh:]                         # (bsz, nkv, hd) into the head-major cache
+        vc[:bsz, :, start_pos] = v.view(bsz, nkv, hd)
+        out = F.scaled_dot_product_attention(qk[:, :nh, None], kc[:bsz, :, :end], vc[:bsz, :, :end],
+                                             enable_gqa=attn.n_rep > 1)   # (bsz, nh, 1, hd)
+        return self._linear(fast["wo"] if "wo" in fast else attn.wo, out.reshape(bsz, nh * hd))
+
+    h = self._blocks(self._embed(tokens).view(bsz, -1), attention)  # (bsz, dim)
+    return self._head(h[:, None])
 
 # %% ../nbs/07_fast.ipynb #52fa4da8
 def _attend_fused(q, keys, values, mask):

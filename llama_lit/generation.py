@@ -82,7 +82,7 @@ def _start(self: Llama, prompt_tokens, max_gen_len, temperature, top_p, logprobs
     return _Run(tokens, tokens != pad_id, lp, min(len(t) for t in prompt_tokens), total_len, temperature, top_p,
                 top_k, repetition_penalty)
 
-# %% ../nbs/05c_generation.ipynb #69bbd8b4
+# %% ../nbs/05c_generation.ipynb #ef670f9e
 def mask_unknown_ids(logits: torch.Tensor, n_words: int) -> torch.Tensor:
     "`logits` (..., vocab) with every id >= n_words (rows the tokenizer has no token for) at -inf; as is if none."
     if logits.shape[-1] <= n_words: return logits

@@ -9,6 +9,7 @@ import functools
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 import fairscale.nn.model_parallel.initialize as fs_init
 from fairscale.nn.model_parallel.layers import ColumnParallelLinear, RowParallelLinear
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .config import ModelArgs, weight_shapes
 from .core import moved, patch
 from .gguf import (FLOAT_TYPES, dequantize_tensor, float_tensor, gguf_block_bytes, gguf_blocks, pack_nibbles,
-                            unpack_nibbles)
+                            unpack_nibbles, unpack_planes, unpack_scale_min_k4)
 from .gguf_file import torch_shape
 from .model import Transformer
 
@@ -31,11 +32,12 @@ __all__ = ['INT4_GROUP_SIZES', 'Q8_0_MODES', 'QUANTS', 'matmul_shapes', 'bits_pe
            'quantize_int8', 'dequantize_int8', 'quantize_int4', 'dequantize_int4', 'q4_1_bytes',
            'int4_scales_and_zeros', 'pack_int4', 'int4pack_source', 'unpack_int4', 'int4pack_pairs', 'cpu_capabilities',
            'q4_1_blocks', 'q4_0_blocks', 'q8_0_blocks_to_int8', 'q4_1_blocks_to_int4pack', 'q4_0_blocks_to_int4pack',
-           'quantize_q8_0', 'q8_0_bytes', 'q8_0_to_int4pack', 'PackedWeights', 'check_device', 'QuantLinear',
-           'int4_cuda_bytes', 'cuda_inner_k_tiles', 'pack_int4_cuda', 'unpack_int4_cuda', 'gguf_qlinear',
-           'quant_linears', 'swap_linears', 'check_one_process', 'quantize_model', 'cpu_has_bf16']
+           'q4_k_blocks', 'q4_k_blocks_to_int4pack', 'quantize_q8_0', 'q8_0_bytes', 'q8_0_to_int4pack', 'PackedWeights',
+           'check_device', 'QuantLinear', 'int4_cuda_bytes', 'cuda_inner_k_tiles', 'pack_int4_cuda', 'unpack_int4_cuda',
+           'gguf_qlinear', 'quant_linears', 'swap_linears', 'check_one_process', 'quantize_model', 'cpu_has_bf16']
 
 # %% ../nbs/10_quant.ipynb #ac338813
+_Q = GGMLQuantizationType
 _MATRICES = ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
              "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 
@@ -47,9 +49,10 @@ def matmul_shapes(args: ModelArgs) -> list[tuple[int, int]]:
 
 def bits_per_weight(fmt: str, in_features: int, group_size: int = 32) -> float:
     """Bits per weight of a matrix in `fmt`, scales included: f32, bf16, int8 (bf16 scale per row), int4 (bf16 scale
-    and zero per group), Q8_0, Q4_1, Q4_0 (GGUF blocks)."""
+    and zero per group), or a GGUF block type (Q8_0, Q4_1, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: its block's bytes)."""
     bits = {"f32": 32, "bf16": 16, "f16": 16, "int8": 8 + 16 / in_features, "int4": 4 + 32 / group_size,
-            "Q8_0": 8.5, "Q4_1": 5.0, "Q4_0": 4.5}
+            **{q: 8 * GGML_QUANT_SIZES[_Q[q]][1] / GGML_QUANT_SIZES[_Q[q]][0]
+               for q in ("Q8_0", "Q4_1", "Q4_0", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")}}
     if fmt not in bits: raise ValueError(f"unknown format {fmt!r}; one of {sorted(bits)}")
     return bits[fmt]
 
@@ -183,8 +186,6 @@ def cpu_capabilities() -> tuple[str, ...]:
     return order[:order.index(best) + 1] if best in order else ("default", best)
 
 # %% ../nbs/10_quant.ipynb #cba2c69c
-_Q = GGMLQuantizationType
-
 def q4_1_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Codes (out, in) uint8 and d, m (out, in/32) float16 of a Q4_1 tensor's raw bytes; w = d·q + m."
     b = gguf_blocks(raw, shape, _Q.Q4_1)
@@ -214,6 +215,20 @@ def q4_0_blocks_to_int4pack(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
     "A Q4_0 tensor's raw bytes as the int4 kernel's (packed, table): scale d, zero 0."
     q, d = q4_0_blocks(raw, shape)
     return pack_int4(_pad_rows(q)), _table(d)
+
+# %% ../nbs/10_quant.ipynb #a1q00002
+def q4_k_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes (out, in) uint8 and each 32-weight sub-block's scale d·s_j and minimum dmin·m_j (out, in/32) float32
+    (both exact) of a Q4_K tensor's raw bytes; w = scale·q − min."""
+    b = gguf_blocks(raw, shape, _Q.Q4_K)
+    sc, m = unpack_scale_min_k4(b["scales"])                          # (out, in/32) each: 8 per super-block
+    per_sub = lambda x: x.float().repeat_interleave(8, -1)            # (out, in/256) -> (out, in/32)
+    return unpack_planes(b["qs"], 4, 32), per_sub(b["d"]) * sc, per_sub(b["dmin"]) * m
+
+def q4_k_blocks_to_int4pack(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    "A Q4_K tensor's raw bytes as the int4 kernel's (packed, table): scale d·s_j, zero −dmin·m_j + 8·d·s_j, group 32."
+    q, scale, mins = q4_k_blocks(raw, shape)
+    return pack_int4(_pad_rows(q)), _table(scale, -mins)
 
 # %% ../nbs/10_quant.ipynb #e6baa822
 def quantize_q8_0(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -403,13 +418,16 @@ def unpack_int4_cuda(packed: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/10_quant.ipynb #350237f9
 Q8_0_MODES = ("int4x2", "int8")
 
-def gguf_qlinear(t, dtype=torch.bfloat16, other: str = "f32", q8_0: str = "int4x2", device="cpu") -> QuantLinear:
+def gguf_qlinear(t, dtype=torch.bfloat16, other: str | None = None, q8_0: str = "int4x2", device="cpu") -> QuantLinear:
     """One GGUF matrix as a QuantLinear for `device`'s kernels, codes kept (scales exact with dtype=float32, rounded to
-    bfloat16 in the default): Q4_1/Q4_0 -> int4, Q8_0 -> two int4 halves (q8_0='int8': requantized per channel),
-    F16/BF16/F32 kept; other types dequantized, then `other`."""
+    bfloat16 in the default): Q4_1/Q4_0/Q4_K -> int4, Q8_0 -> two int4 halves (q8_0='int8': requantized per channel),
+    F16/BF16/F32 kept; Q5_0/Q5_1/Q5_K/Q6_K dequantized to `other` (None: `dtype`, with a warning; 'int8', 'int4',
+    'f32', 'bf16', 'f16')."""
     device = torch.device(device)
     check_device(device)
     if q8_0 not in Q8_0_MODES: raise ValueError(f"q8_0={q8_0!r}; one of {Q8_0_MODES}")
+    if other not in (None, "int8", "int4", *_FLOATS):
+        raise ValueError(f"other={other!r}; one of None, 'int8', 'int4', {', '.join(map(repr, _FLOATS))}")
     shape = torch_shape(t)
     if len(shape) != 2: raise ValueError(f"{t.name} has shape {shape}; a linear layer's weight has 2 dimensions")
     on = lambda *ts: [x.to(device) for x in ts]                 # the integer blocks move, then pack for that device
@@ -417,6 +435,9 @@ def gguf_qlinear(t, dtype=torch.bfloat16, other: str = "f32", q8_0: str = "int4x
         return QuantLinear.from_int4(*on(*q4_1_blocks(t.data, shape)), group_size=32, dtype=dtype)
     if t.tensor_type == _Q.Q4_0:
         return QuantLinear.from_int4(*on(*q4_0_blocks(t.data, shape)), group_size=32, dtype=dtype)
+    if t.tensor_type == _Q.Q4_K:                                # w = scale·q − min: Q4_1's form, zero = 8·scale − min
+        q, scale, mins = on(*q4_k_blocks(t.data, shape))
+        return QuantLinear.from_int4(q, scale, -mins, group_size=32, dtype=dtype)
     if t.tensor_type == _Q.Q8_0:
         q, d = on(*q8_0_blocks_to_int8(t.data, shape))
         if q8_0 == "int8":
@@ -424,7 +445,13 @@ def gguf_qlinear(t, dtype=torch.bfloat16, other: str = "f32", q8_0: str = "int4x
         return QuantLinear.from_q8_0(q, d, dtype)
     if t.tensor_type in FLOAT_TYPES:                             # the bytes as they are, in their own 16 or 32 bits
         return QuantLinear("float", *shape, weight=float_tensor(t).to(device))
-    return QuantLinear.from_float(dequantize_tensor(t).to(device), other, dtype=dtype)
+    if other in ("int8", "int4"): return QuantLinear.from_float(dequantize_tensor(t).to(device), other, dtype=dtype)
+    fdt = dtype if other is None else _FLOATS[other]
+    (bs, ts), n = GGML_QUANT_SIZES[t.tensor_type], shape[0] * shape[1]
+    mem, disk = n * torch.finfo(fdt).bits // 8, n // bs * ts
+    warnings.warn(f"{t.name}: {t.tensor_type.name} has no packed form for torch's kernels; dequantized to {fdt}: "
+                  f"{mem:,} bytes ({mem / 2**20:.1f} MiB) for the file's {disk:,} ({mem / disk:.1f}x)", stacklevel=2)
+    return QuantLinear("float", *shape, weight=dequantize_tensor(t, fdt).to(device))
 
 # %% ../nbs/10_quant.ipynb #04e9843e
 def quant_linears(model: nn.Module) -> dict[str, nn.Module]:

@@ -23,9 +23,9 @@ from .gguf_file import gguf_metadata
 # %% auto #0
 __all__ = ['TOKENIZER_FORMATS', 'LLAMA3_PAT_STR', 'LLAMA3_SPECIAL_TOKENS', 'TIKTOKEN_MAX_ENCODE_CHARS',
            'MAX_NO_WHITESPACES_CHARS', 'BYTE_LEVEL', 'GGUF_PRE_TOKENIZERS', 'llama_spm_options', 'train_tokenizer',
-           'tokenizer_format', 'find_tokenizer', 'Tokenizer', 'load_tiktoken_ranks',
-           'split_whitespaces_or_nonwhitespaces', 'bytes_to_pieces', 'gguf_tokenizer_json', 'sentencepiece_proto',
-           'save_tokenizer_files']
+           'tokenizer_format', 'find_tokenizer', 'read_json_object', 'named_chat_templates', 'Tokenizer',
+           'load_tiktoken_ranks', 'split_whitespaces_or_nonwhitespaces', 'bytes_to_pieces', 'gguf_vocabulary',
+           'gguf_tokenizer_json', 'sentencepiece_proto', 'save_tokenizer_files']
 
 # %% ../nbs/00_tokenizer.ipynb #cbca5c41
 _ASCII = "".join(chr(c) for c in range(33, 127))
@@ -79,13 +79,34 @@ def find_tokenizer(path) -> Path | None:
     ggufs = sorted(p.glob("*.gguf"))
     return ggufs[0] if len(ggufs) == 1 else None
 
-def _sibling_chat_template(path: Path) -> str | None:
-    "The chat template of a `tokenizer_config.json` (or a `chat_template.jinja`) next to the tokenizer file, if any."
+def read_json_object(path) -> dict:
+    "The JSON object in the file at `path`; ValueError naming the file if it is not UTF-8, not JSON or not an object."
+    p = Path(path)
+    try: obj = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError: raise ValueError(f"{p} is not UTF-8 text") from None
+    except json.JSONDecodeError as e: raise ValueError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict): raise ValueError(f"{p} must hold a JSON object, not a {type(obj).__name__}")
+    return obj
+
+def named_chat_templates(t, source) -> dict[str, str]:
+    """transformers' forms of `chat_template` as {name: template}: a str is the 'default', a list of
+    {"name": ..., "template": ...} objects (or a dict) names several, None is none; anything else is refused."""
+    if t is None: return {}
+    if isinstance(t, str): return {"default": t}
+    if isinstance(t, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str)
+                                   and isinstance(d.get("template"), str) for d in t):
+        return {d["name"]: d["template"] for d in t}
+    if isinstance(t, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in t.items()): return dict(t)
+    raise ValueError(f"{source}: chat_template must be a string or a list of {{\"name\": ..., \"template\": ...}} "
+                     f"objects, got {t!r:.80}")
+
+def _sibling_chat_templates(path: Path) -> dict[str, str]:
+    "The chat templates of a `tokenizer_config.json` (or a `chat_template.jinja`) next to the tokenizer file, if any."
     cfg = path.with_name("tokenizer_config.json")
-    t = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template") if cfg.is_file() else None
-    if isinstance(t, list): t = {d.get("name"): d.get("template") for d in t}.get("default")  # named templates
-    if t is None and (j := path.with_name("chat_template.jinja")).is_file(): t = j.read_text(encoding="utf-8")
-    return t
+    named = named_chat_templates(read_json_object(cfg).get("chat_template"), cfg) if cfg.is_file() else {}
+    if not named and (j := path.with_name("chat_template.jinja")).is_file():
+        named = {"default": j.read_text(encoding="utf-8", errors="replace")}
+    return named
 
 # %% ../nbs/00_tokenizer.ipynb #0eaec956
 _READERS = {}  # format -> function(path) -> backend; each format's section below registers one
@@ -118,7 +139,9 @@ class Tokenizer:
         self.special_tokens: dict[str, int] = dict(b.special_tokens)
         self.stop_tokens: list[int] = list(dict.fromkeys(i for i in b.stop_tokens if i >= 0))
         self.add_bos: bool = bool(b.add_bos)          # the model's own default for `bos`
-        self.chat_template: str | None = b.chat_template or _sibling_chat_template(path)
+        self.chat_templates: dict[str, str] = (named_chat_templates(b.chat_template, path)  # transformers' named ones
+                                               or _sibling_chat_templates(path))
+        self.chat_template: str | None = self.chat_templates.get("default")     # the one chat formats use
         names = {i: s for s, i in self.special_tokens.items()}
         text = lambda i: None if i < 0 else names.get(i, b.decode([i]))
         self.bos_token, self.eos_token = text(self.bos_id), text(self.eos_id)
@@ -299,9 +322,21 @@ class _HF:
     def decode(self, t): return self.model.decode(t, skip_special_tokens=False)
     def piece(self, i): return self.model.id_to_token(i)
 
-def _token_text(v):
-    "A token in tokenizer_config.json: a string, or an AddedToken dict."
-    return v.get("content") if isinstance(v, dict) else v
+# %% ../nbs/00_tokenizer.ipynb #5c1d0a3a
+def _token_text(v, key: str, cfg: Path):
+    "A token in tokenizer_config.json: a string, or an AddedToken dict with a string 'content'."
+    t = v.get("content") if isinstance(v, dict) else v
+    if t is not None and not isinstance(t, str):
+        raise ValueError(f"{cfg}: {key} must be a string or an object with a string 'content', got {v!r:.80}")
+    return t
+
+def _stop_ids(gen: dict, where: Path) -> list[int]:
+    "generation_config.json's eos_token_id: one id or a list of ids."
+    stop = gen.get("eos_token_id")
+    ids = [stop] if isinstance(stop, int) else stop if isinstance(stop, list) else [] if stop is None else None
+    if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"{where}: eos_token_id must be a token id or a list of token ids, got {stop!r:.80}")
+    return ids
 
 @_reader("hf")
 def _read_hf(path):
@@ -310,13 +345,13 @@ def _read_hf(path):
     except Exception as e:
         raise ValueError(f"{path}: JSON but not a tokenizer.json ({str(e)[:200]}); "
                          f"llama_lit reads {TOKENIZER_FORMATS}") from None
-    read = lambda name: json.loads(f.read_text(encoding="utf-8")) if (f := path.with_name(name)).is_file() else {}
-    cfg, gen = read("tokenizer_config.json"), read("generation_config.json")
-    stop = gen.get("eos_token_id")
-    # add_bos: what the post-processor does (transformers 5 ignores the config's add_bos_token)
-    return _HF(tk, bos=_token_text(cfg.get("bos_token")), eos=_token_text(cfg.get("eos_token")),
-               stop_ids=[stop] if isinstance(stop, int) else list(stop or []),
-               chat_template=_sibling_chat_template(path))
+    cfg_path, gen_path = path.with_name("tokenizer_config.json"), path.with_name("generation_config.json")
+    cfg = read_json_object(cfg_path) if cfg_path.is_file() else {}
+    gen = read_json_object(gen_path) if gen_path.is_file() else {}
+    # add_bos: what the post-processor does (transformers 5 ignores the config's add_bos_token); the chat
+    # templates of tokenizer_config.json are read by Tokenizer, as for every format
+    return _HF(tk, bos=_token_text(cfg.get("bos_token"), "bos_token", cfg_path),
+               eos=_token_text(cfg.get("eos_token"), "eos_token", cfg_path), stop_ids=_stop_ids(gen, gen_path))
 
 # %% ../nbs/00_tokenizer.ipynb #5c1d0a24
 _GPT2_PRE = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -328,7 +363,34 @@ GGUF_PRE_TOKENIZERS = {"llama-bpe": _LLAMA3_PRE, "llama3": _LLAMA3_PRE, "llama-v
                        "smollm": _DIGITS_GPT2, "starcoder": _DIGITS_GPT2, "gpt-2": _GPT2_PRE}
 _LLAMA3_PRE_NAMES = ("llama-bpe", "llama3", "llama-v3")   # Llama 3 also ignores merges for a chunk that is one token
 
-def gguf_tokenizer_json(meta: dict) -> dict:
+def gguf_vocabulary(meta: dict, source="the GGUF file", distinct=True) -> tuple[list[str], list[int]]:
+    """A GGUF's tokens and their types, checked: a list of strings (`distinct`: each once), one int type per token
+    (1 if none)."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)):
+        raise ValueError(f"{source} has no tokenizer.ggml.tokens (a list of strings: the vocabulary)")
+    if distinct and len(set(tokens)) != len(tokens):
+        first = {}
+        dup = next(i for i, t in enumerate(tokens) if first.setdefault(t, i) != i)
+        raise ValueError(f"{source}: tokenizer.ggml.tokens has the token {tokens[dup]!r} twice (ids "
+                         f"{first[tokens[dup]]} and {dup}); each token must have one id")
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if not (isinstance(types, list) and len(types) == len(tokens) and all(type(t) is int for t in types)):
+        raise ValueError(f"{source}: tokenizer.ggml.token_type must hold one integer per token ({len(tokens)})")
+    return tokens, types
+
+def _gguf_merges(meta: dict, vocab: dict, source) -> list[list[str]]:
+    "tokenizer.ggml.merges as [left, right] pairs, each a 'left right' string of two vocabulary tokens."
+    merges = meta.get("tokenizer.ggml.merges")
+    if not isinstance(merges, list): raise ValueError(f"{source} has no tokenizer.ggml.merges (a list of strings)")
+    pairs = [m.split(" ", 1) if isinstance(m, str) else [] for m in merges]
+    bad = next((k for k, p in enumerate(pairs) if len(p) != 2 or not all(t in vocab for t in p)), None)
+    if bad is not None:
+        raise ValueError(f"{source}: tokenizer.ggml.merges[{bad}] = {merges[bad]!r:.60} is not two vocabulary tokens "
+                         "separated by a space")
+    return pairs
+
+def gguf_tokenizer_json(meta: dict, source="the GGUF file") -> dict:
     """A tokenizer.json (as a dict) for a GGUF `gpt2` tokenizer: vocabulary, merges, special tokens and the
     pre-tokenizer its `pre` names."""
     pre = meta.get("tokenizer.ggml.pre", "default")
@@ -336,14 +398,13 @@ def gguf_tokenizer_json(meta: dict) -> dict:
         raise ValueError(f"GGUF pre-tokenizer {pre!r} is not supported (llama_lit knows "
                          f"{', '.join(GGUF_PRE_TOKENIZERS)}); "
                          "its split regex decides the ids, so guessing would tokenize wrongly")
-    tokens = meta["tokenizer.ggml.tokens"]
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    tokens, types = gguf_vocabulary(meta, source)
+    vocab = {t: i for i, t in enumerate(tokens)}
     added = [dict(id=i, content=t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=ty == 3)
              for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)]   # 3 control (special), 4 user-defined
     model = dict(type="BPE", dropout=None, unk_token=None, continuing_subword_prefix=None, end_of_word_suffix=None,
                  fuse_unk=False, byte_fallback=False, ignore_merges=pre in _LLAMA3_PRE_NAMES,
-                 vocab={t: i for i, t in enumerate(tokens)},
-                 merges=[m.split(" ", 1) for m in meta["tokenizer.ggml.merges"]])
+                 vocab=vocab, merges=_gguf_merges(meta, vocab, source))
     return dict(version="1.0", truncation=None, padding=None, added_tokens=added, normalizer=None,
                 pre_tokenizer=GGUF_PRE_TOKENIZERS[pre], post_processor=None,
                 decoder={"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
@@ -381,15 +442,18 @@ def _read_gguf(path):
     kind, g = meta.get("tokenizer.ggml.model"), lambda k, d=None: meta.get("tokenizer.ggml." + k, d)
     if kind == "gpt2":
         from tokenizers import Tokenizer as HFTokenizer
-        b = _HF(HFTokenizer.from_str(json.dumps(gguf_tokenizer_json(meta))), bos=g("bos_token_id", -1),
+        tj = json.dumps(gguf_tokenizer_json(meta, path))
+        try: tk = HFTokenizer.from_str(tj)
+        except Exception as e: raise ValueError(f"{path}: the GGUF's 'gpt2' tokenizer does not load ({e})") from None
+        b = _HF(tk, bos=g("bos_token_id", -1),
                 eos=g("eos_token_id", -1), add_bos=g("add_bos_token", g("pre") in _LLAMA3_PRE_NAMES),
                 chat_template=meta.get("tokenizer.chat_template"))
     elif kind == "llama":
-        tokens, unk = g("tokens"), g("unknown_token_id", 0)
+        (tokens, types), unk = gguf_vocabulary(meta, path, distinct=False), g("unknown_token_id", 0)
         # SentencePiece allows one unknown piece; files such as Phi-3's mark padding pieces unknown too. llama.cpp
         # puts unknown-type pieces with the control ones (matched only as special tokens), so they become control
         # pieces here.
-        types = [3 if t == 2 and i != unk else t for i, t in enumerate(g("token_type") or [1] * len(tokens))]
+        types = [3 if t == 2 and i != unk else t for i, t in enumerate(types)]
         b = _SentencePiece(path, proto=sentencepiece_proto(
             tokens, g("scores") or [0.0] * len(tokens), types, bos_id=g("bos_token_id", 1),
             eos_id=g("eos_token_id", 2), unk_id=unk, add_dummy_prefix=g("add_space_prefix", True),
@@ -427,7 +491,7 @@ def save_tokenizer_files(tok: Tokenizer, out_dir) -> list[str]:
             if (src.parent / name).is_file(): write(name, (src.parent / name).read_bytes())
         return written
     if tok.kind == "gguf" and isinstance(tok._backend, _HF):           # byte-level BPE from the GGUF's vocabulary
-        tj = gguf_tokenizer_json(gguf_metadata(src, prefix="tokenizer."))
+        tj = gguf_tokenizer_json(gguf_metadata(src, prefix="tokenizer."), src)
         if tok.add_bos and tok.bos_id >= 0: tj["post_processor"] = _bos_post_processor(tok.bos_token, tok.bos_id)
         write("tokenizer.json", json.dumps(tj, ensure_ascii=False))
     else:                                                                # SentencePiece pieces from the GGUF

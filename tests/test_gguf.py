@@ -2,7 +2,9 @@
 dequantized weights; tiny GGUFs written with gguf's own GGUFWriter in every claimed type load to exactly gguf's
 dequantized values with their parameters; the K-quant dequantizers equal a port of llama.cpp's C code; broken or
 foreign files are refused with ValueError. llama_lit's own GGUF parser (open_gguf) reads exactly what gguf's
-GGUFReader reads, and its torch dequantizers (Q8_0, Q4_0, Q4_1) give exactly gguf.quants.dequantize's bits."""
+GGUFReader reads, and its torch dequantizers (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) give exactly gguf.quants.dequantize's bits;
+an embedding looks its rows up from the blocks (dequantize_rows, BlockEmbedding) and equals F.embedding over the
+dequantized table."""
 import math
 import os
 import struct
@@ -12,18 +14,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFReader, GGUFValueType as V, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 from llama_lit.assets import smollm2_path
 from llama_lit.build import build_transformer
 from llama_lit.config import ModelArgs
-from llama_lit.gguf import (BLOCK_DTYPES, FLOAT_TYPES, SUPPORTED_TYPES, TORCH_DEQUANTIZERS, dequantize_tensor,
-                            float_tensor, gguf_block_bytes, gguf_blocks, gguf_to_meta_name, llama3_rope_divisors,
-                            load_gguf, pack_nibbles, read_gguf_params, unpack_nibbles)
+from llama_lit.gguf import (BLOCK_DTYPES, FLOAT_TYPES, ROW_TYPES, SUPPORTED_TYPES, TORCH_DEQUANTIZERS, BlockEmbedding,
+                            dequantize_rows, dequantize_tensor, float_tensor, gguf_block_bytes, gguf_blocks,
+                            gguf_to_meta_name, llama3_rope_divisors, load_gguf, pack_nibbles, pack_scale_min_k4,
+                            read_gguf_params, unpack_nibbles, unpack_planes, unpack_scale_min_k4)
 from llama_lit.gguf_file import GGUFFile, gguf_value, open_gguf, torch_shape
 from llama_lit.parallel import init_model_parallel
-from llama_lit.model import expected_keys
+from llama_lit.model import Transformer, expected_keys
 from llama_lit.rope import permute_meta_to_hf, precompute_freqs_cis
 from llama_lit.tokenizer import Tokenizer
 
@@ -632,7 +636,10 @@ def test_block_codec_refuses():
     with pytest.raises(ValueError, match="cannot hold shape"): gguf_blocks(np.zeros(100, np.uint8), (4, 64), "Q4_1")
     with pytest.raises(ValueError, match="whole number of 32-weight blocks"):
         gguf_blocks(np.zeros(34, np.uint8), (1, 33), QT.Q8_0)
-    with pytest.raises(ValueError, match="not Q5_1"): gguf_blocks(np.zeros(24, np.uint8), (1, 32), "Q5_1")
+    with pytest.raises(ValueError, match="not Q2_K"): gguf_blocks(np.zeros(84, np.uint8), (1, 256), "Q2_K")
+    with pytest.raises(ValueError, match="whole number of 256-weight blocks"):
+        gguf_blocks(np.zeros(144, np.uint8), (1, 32), "Q4_K")
+    with pytest.raises(ValueError, match="144 bytes per 256 weights"): gguf_blocks(np.zeros(100, np.uint8), (1, 256), "Q4_K")
     with pytest.raises(ValueError, match="needs their shape and qtype"): gguf_blocks(np.zeros(34, np.uint8))
 
 
@@ -793,3 +800,158 @@ def test_gguf_shard_allocates_a_shard_not_the_model(real):
     assert mine <= whole / 3 + norms
     assert a.peak <= 1.02 * mine                        # the shard's tensors and a few small chunks, no whole tensor
     assert a.numpy_peak <= 0.1 * whole
+
+
+# ---------------------------------------------------------------- K-quants and Q5 in the codec, from the bytes
+
+NEW_TYPES = ["Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+FINITE16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+FINITE16 = FINITE16[np.isfinite(FINITE16)]                                          # 63,488 finite float16s
+
+
+def finite_blocks(qt: QT, n: int, seed: int = 0) -> np.ndarray:
+    "n random blocks (records) of type qt: random bytes, float16 scales finite and of every magnitude."
+    rng = np.random.default_rng(seed)
+    b = np.frombuffer(rng.bytes(n * BLOCK_DTYPES[qt].itemsize), BLOCK_DTYPES[qt]).copy()
+    for k in ("d", "m", "dmin"):
+        if k in b.dtype.names: b[k] = rng.choice(FINITE16, n)
+    return b
+
+
+def test_block_dtypes_are_ggml_structs():
+    "Each record is ggml-common.h's struct: gguf's block size, fields at ggml's offsets."
+    for qt, block in BLOCK_DTYPES.items(): assert block.itemsize == GGML_QUANT_SIZES[qt][1], qt.name
+    off = lambda q: {k: BLOCK_DTYPES[QT[q]].fields[k][1] for k in BLOCK_DTYPES[QT[q]].names}
+    assert off("Q5_0") == dict(d=0, qh=2, qs=6) and off("Q5_1") == dict(d=0, m=2, qh=4, qs=8)
+    assert off("Q4_K") == dict(d=0, dmin=2, scales=4, qs=16)
+    assert off("Q5_K") == dict(d=0, dmin=2, scales=4, qh=16, qs=48)
+    assert off("Q6_K") == dict(ql=0, qh=128, scales=192, d=208) and BLOCK_DTYPES[QT.Q6_K]["scales"].base == np.int8
+
+
+@pytest.mark.parametrize("qtype", NEW_TYPES)
+def test_new_block_codec_round_trip(qtype):
+    "Fields of Q5/K-quant blocks: scales (*rows, n/B), byte arrays row by row; written back byte for byte."
+    qt = QT[qtype]
+    bs = GGML_QUANT_SIZES[qt][0]
+    raw = finite_blocks(qt, 3 * 4 * 2).view(np.uint8).reshape(3, 4, -1)        # (3, 4) rows of 2 blocks
+    f = gguf_blocks(raw, (3, 4, 2 * bs), qtype)
+    assert set(f) == set(BLOCK_DTYPES[qt].names) and f["d"].shape == (3, 4, 2) and f["d"].dtype == torch.float16
+    for k, v in f.items():
+        if BLOCK_DTYPES[qt][k].shape: assert v.shape == (3, 4, 2 * BLOCK_DTYPES[qt][k].itemsize), k
+    assert np.array_equal(gguf_block_bytes(f, qt), raw)
+
+
+def test_scale_min_k4_is_ggml():
+    "unpack_scale_min_k4 = ggml's get_scale_min_k4 (the C port above) for every j; pack is its inverse; 96 bits used."
+    raw = np.random.default_rng(5).integers(0, 256, (200, 12), dtype=np.uint8)
+    sc, m = unpack_scale_min_k4(torch.from_numpy(raw))
+    assert sc.shape == m.shape == (200, 8) and sc.dtype == torch.uint8 and int(max(sc.max(), m.max())) <= 63
+    for b, s_row, m_row in zip(raw[:20], sc, m):
+        assert [_scale_min_k4(j, [int(v) for v in b]) for j in range(8)] == list(zip(s_row.tolist(), m_row.tolist()))
+    assert torch.equal(pack_scale_min_k4(sc, m), torch.from_numpy(raw))
+    two = unpack_scale_min_k4(torch.from_numpy(raw[:6].reshape(2, 36)))             # 3 super-blocks a row
+    assert torch.equal(two[0], sc[:6].reshape(2, 24)) and torch.equal(two[1], m[:6].reshape(2, 24))
+    bits = {(i, j) for i in range(12) for j in range(8)
+            if sum(int(x.sum()) for x in unpack_scale_min_k4(torch.tensor([1 << j if k == i else 0 for k in range(12)],
+                                                                          dtype=torch.uint8)))}
+    assert len(bits) == 96
+    with pytest.raises(ValueError, match="6-bit"): pack_scale_min_k4(torch.full((8,), 64), torch.zeros(8))
+
+
+def test_unpack_planes():
+    qs = torch.randint(0, 256, (4, 64), dtype=torch.uint8)
+    assert torch.equal(unpack_planes(qs, 4, 16), unpack_nibbles(qs))
+    q2 = unpack_planes(qs, 2, 32)                                                     # (4, 128): Q6_K's qh rule
+    for p in range(4): assert torch.equal(q2[:, 32 * p:32 * p + 32], (qs[:, :32] >> 2 * p) & 3)
+    word = torch.tensor([[0x01, 0x00, 0x80, 0x40]], dtype=torch.uint8)                # bits 0, 23, 30 of a uint32
+    assert unpack_planes(word, 1, 1)[0].nonzero().reshape(-1).tolist() == [0, 23, 30]
+    with pytest.raises(ValueError, match="runs of 32 bytes"): unpack_planes(qs[:, :40], 4, 32)
+    with pytest.raises(ValueError, match="bits=3"): unpack_planes(qs, 3, 16)
+
+
+@pytest.mark.parametrize("qtype", NEW_TYPES)
+def test_new_torch_dequantizers_bit_identical(qtype):
+    "Q5_0/Q5_1/Q4_K/Q5_K/Q6_K through torch = gguf.quants.dequantize bit for bit (every finite float16 as d)."
+    qt = QT[qtype]
+    assert qt in TORCH_DEQUANTIZERS
+    bs = GGML_QUANT_SIZES[qt][0]
+    n = len(FINITE16) // (bs // 32)
+    b = finite_blocks(qt, n, seed=3)
+    b["d"] = FINITE16[:: bs // 32][:n]
+    raw = b.view(np.uint8).reshape(n, -1)
+    ref = _bits(dequantize(raw, qt)).reshape(-1)
+    for rows, chunk in ((n // 8, 1 << 15), (n, 1000)):                                   # odd chunks too
+        t = SimpleNamespace(name=qtype, tensor_type=qt, shape=(n * bs // rows, rows), data=raw.reshape(rows, -1))
+        assert np.array_equal(_bits(dequantize_tensor(t, chunk=chunk)).reshape(-1), ref), (rows, chunk)
+    got = dequantize_tensor(SimpleNamespace(name=qtype, tensor_type=qt, shape=(bs * 4, n // 4),
+                                            data=raw.reshape(n // 4, -1)), dtype=torch.bfloat16)
+    assert torch.equal(got, torch.from_numpy(ref.view(np.float32).reshape(n // 4, -1)).bfloat16())
+
+
+@pytest.mark.parametrize("qtype,ref", [("Q4_K", ref_q4_K), ("Q5_K", ref_q5_K), ("Q6_K", ref_q6_K)])
+def test_torch_kquants_equal_ggml_reference(qtype, ref):
+    "The torch K-quant dequantizers against the loop-for-loop port of ggml-quants.c."
+    qt = QT[qtype]
+    blocks = random_blocks(qt, 6)
+    t = SimpleNamespace(name=qtype, tensor_type=qt, shape=(256 * 3, 2), data=blocks.reshape(2, -1))
+    np.testing.assert_array_equal(dequantize_tensor(t).numpy().reshape(-1), ref(blocks))
+
+
+# ---------------------------------------------------------------- an embedding from its blocks
+
+def _row_tensor(qtype: str, rows: int, dim: int, seed: int = 0):
+    "A fake 2-D GGUF tensor (rows, dim) of type qtype: floats from a Gaussian, blocks from finite_blocks."
+    qt = QT[qtype]
+    if qt in FLOAT_TYPES:
+        a = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+        data = a if qt == QT.F32 else a.astype(np.float16) if qt == QT.F16 else quantize(a, qt)
+    else: data = finite_blocks(qt, rows * dim // GGML_QUANT_SIZES[qt][0], seed).view(np.uint8)
+    return SimpleNamespace(name=f"{qtype}.weight", tensor_type=qt, shape=(dim, rows),
+                           data=np.asarray(data).view(np.uint8).reshape(rows, -1))
+
+
+@pytest.mark.parametrize("qtype", [q.name for q in ROW_TYPES])
+def test_block_embedding_equals_f_embedding(qtype):
+    t = _row_tensor(qtype, 37, 512)
+    table = dequantize_tensor(t)                                                      # (37, 512) float32
+    emb = BlockEmbedding.from_gguf(t)
+    assert emb.blocks.dtype == torch.uint8 and emb.blocks.shape == t.data.shape and emb.blocks.is_contiguous()
+    assert (emb.num_embeddings, emb.embedding_dim, emb.qtype, emb.nbytes) == (37, 512, QT[qtype], t.data.size)
+    ids = torch.randint(0, 37, (3, 5))
+    assert torch.equal(emb(ids), F.embedding(ids, table)) and emb(ids).shape == (3, 5, 512)
+    assert torch.equal(dequantize_rows(emb.blocks, ids.reshape(-1), qtype, 512), table[ids.reshape(-1)])
+    assert torch.equal(emb.dequantize(chunk_rows=8), table)
+    bf = BlockEmbedding.from_gguf(t, torch.bfloat16)
+    assert bf(ids).dtype == torch.bfloat16 and torch.equal(bf(ids), F.embedding(ids, table).bfloat16())
+    assert emb(torch.tensor(4)).shape == (512,)                                       # a 0-d id: one row
+
+
+def test_block_embedding_refuses():
+    emb = BlockEmbedding.from_gguf(_row_tensor("Q8_0", 10, 64))
+    for bad in (torch.tensor([10]), torch.tensor([[0, -1]])):
+        with pytest.raises(ValueError, match="outside the table of 10 rows"): emb(bad)
+    with pytest.raises(ValueError, match="integer"): emb(torch.tensor([1.0]))
+    wrong = torch.zeros(10, 60, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="uint8 \\(rows, 68\\)"): BlockEmbedding(wrong, "Q8_0", 64)
+    with pytest.raises(ValueError, match="256-weight blocks"): BlockEmbedding(wrong, "Q4_K", 64)
+    with pytest.raises(ValueError, match="not Q2_K"): dequantize_rows(emb.blocks, torch.tensor([0]), "Q2_K", 64)
+    with pytest.raises(ValueError, match="2 dimensions"):
+        BlockEmbedding.from_gguf(SimpleNamespace(name="x", tensor_type=QT.F32, shape=(4,), data=np.zeros(4, "f4")))
+    assert torch.equal(emb.to(torch.bfloat16).blocks, emb.blocks)                     # a dtype change leaves the bytes
+
+
+def test_block_embedding_as_tok_embeddings():
+    "A Transformer with tok_embeddings swapped for a BlockEmbedding of the same (Q8_0) table: the same logits."
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32, max_batch_size=1,
+                     max_seq_len=16)
+    torch.manual_seed(0)
+    model = Transformer(args).eval()
+    w = model.tok_embeddings.weight.detach().numpy()
+    raw = quantize(w, QT.Q8_0)                                                        # (96, 68) bytes
+    with torch.no_grad(): model.tok_embeddings.weight.copy_(torch.from_numpy(dequantize(raw, QT.Q8_0)))
+    tokens = torch.randint(0, 96, (1, 9))
+    with torch.inference_mode():
+        want = model(tokens, 0, use_cache=False)
+        model.tok_embeddings = BlockEmbedding(torch.from_numpy(raw), "Q8_0", 64)
+        got = model(tokens, 0, use_cache=False)
+    assert torch.equal(got, want)

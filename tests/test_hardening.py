@@ -2,11 +2,13 @@
 nothing is lost, nothing broken is written, nothing hangs. Each test here failed before the hardening it checks."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -298,3 +300,283 @@ def test_padded_vocabulary_never_samples_missing_ids(tmp_path):
     text = "".join(llm.stream("Once upon a time", max_gen_len=12, temperature=0.0))
     assert text == llm.tokenizer.decode(llm.generate([ids], 12, temperature=0.0)[0][0])
     assert len(llm.text_completion(["Once"], max_gen_len=8, temperature=1.0)[0]["generation"]) >= 0
+
+
+# 1(c) and 2. hangs and memory bombs from a chat template ---------------------------------------------------------
+TEMPLATE_BOMBS = [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",            # 10¹⁰ steps
+    "{{ (10**(10**8)) > 1 }}",                                                                     # a 330 MB integer
+    "{% set ns = namespace(n=7) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n > 1 }}",
+    "{{ 'x' * 50000000 }}",
+    "{{ 'a' * 10**10 }}",
+    "{{ [1] * 10**9 }}",
+    "{{ 'x' | center(10**10) }}",
+    "{{ messages | tojson(indent=10**9) }}",
+    "{{ 'x'.ljust(10**9) }}",
+    "{{ '%0999999999d' % 1 }}",
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ range(100000) | join('x' * 1000000) }}",
+    "{{ ('a' * 100000).replace('a', 'b' * 100000) }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
+    "{% set ns = namespace(x=[1]) %}{% for i in range(60) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}{{ ns.x }}",
+    "{% macro m(s) %}{% for i in range(100000) %}{{ s }}{% endfor %}{% endmacro %}{{ m('x' * 100000) }}",
+    "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",                                 # 10¹⁰ characters out
+    "{{ lipsum(10**6) }}",
+    "{% set ns = namespace(x=[1], y=[1]) %}{% for i in range(60) %}{% set ns.x = [ns.x, ns.x] %}"
+    "{% set ns.y = [ns.y, ns.y] %}{% endfor %}{{ ns.x == ns.y }}",                              # 2⁶⁰ comparisons in C
+]
+
+
+@pytest.fixture
+def fast_template_limits(monkeypatch):
+    import llama_lit.chat as chat
+    monkeypatch.setattr(chat, "TEMPLATE_MAX_SECONDS", 1.0)        # the default, a few seconds, is too slow for a test
+
+
+@pytest.mark.parametrize("template", TEMPLATE_BOMBS)
+def test_template_bombs_refused_in_one_line(template, fast_template_limits):
+    """A chat template that would run without end or allocate gigabytes is stopped at the template limit (time,
+    output size, value size) with one ValueError line."""
+    from llama_lit.chat import render_chat_template
+    from llama_lit.tokenizer import Tokenizer
+    tok = Tokenizer(); tok.chat_template = template
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="template limit") as e:
+        render_chat_template([{"role": "user", "content": "hi"}], tok)
+    assert "\n" not in str(e.value) and time.monotonic() - t0 < 10, str(e.value)
+
+
+@pytest.mark.parametrize("template,needle", [
+    ("{{ range(10**9) | list }}", "range"),                                   # was a traceback (OverflowError)
+    ("{{ range(99999999999999999999999) | list }}", "too large"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursion"),
+    ("{{ 1 // 0 }}", "division"),
+])
+def test_template_errors_one_line(template, needle):
+    from llama_lit.chat import render_chat_template
+    from llama_lit.tokenizer import Tokenizer
+    tok = Tokenizer(); tok.chat_template = template
+    with pytest.raises(ValueError, match="chat template") as e:
+        render_chat_template([{"role": "user", "content": "hi"}], tok)
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_template_bomb_through_the_cli(ckpt, tmp_path, monkeypatch):
+    "chat with a model whose tokenizer_config.json holds a bomb: one line, no 9 GB."
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    d = tmp_path / "m"
+    shutil.copytree(ckpt, d)
+    (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ 'x' * 50000000 }}"}))
+    r = inproc(*args("chat", "--ckpt-dir", d, "--max-gen-len", "2"))
+    assert "template limit" in r.stdout + r.stderr, (r.stdout, r.stderr)
+
+
+def test_named_chat_templates(tmp_path):
+    "transformers' list of named templates: the one named 'default' is used; without one, a clear error."
+    from llama_lit.assets import default_tokenizer_path
+    from llama_lit.chat import render_chat_template
+    from llama_lit.tokenizer import Tokenizer
+    shutil.copy(default_tokenizer_path(), tmp_path / "tokenizer.model")
+    cfg = tmp_path / "tokenizer_config.json"
+    cfg.write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "tools"},
+                                                 {"name": "default", "template": "{{ messages[0]['content'] }}!"}]}))
+    tok = Tokenizer(tmp_path)
+    assert render_chat_template([{"role": "user", "content": "hi"}], tok) == "hi!"
+    assert tok.chat_templates == {"tool_use": "tools", "default": "{{ messages[0]['content'] }}!"}
+    cfg.write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "tools"}]}))
+    with pytest.raises(ValueError, match="tool_use.*none named 'default'"):
+        render_chat_template([{"role": "user", "content": "hi"}], Tokenizer(tmp_path))
+    for bad in ([{"template": "x"}], [1], 5, {"default": 3}):
+        cfg.write_text(json.dumps({"chat_template": bad}))
+        with pytest.raises(ValueError, match="tokenizer_config.json"):
+            Tokenizer(tmp_path)
+
+
+# 3 and 4. wrong values in a config, wrong dtypes in the weights: refused before anything is written or built ---------
+@pytest.mark.parametrize("change,needle", [
+    ({"rms_norm_eps": -1}, "rms_norm_eps must be a finite number > 0"),
+    ({"rms_norm_eps": "abc"}, "rms_norm_eps must be a finite number > 0, got 'abc'"),
+    ({"rms_norm_eps": True}, "rms_norm_eps"),
+    ({"rms_norm_eps": float("nan")}, "rms_norm_eps"),
+    ({"rope_theta": -1, "rope_parameters": None}, "rope_theta must be a finite number > 0"),
+    ({"rope_theta": -1}, "rope_theta=-1 but rope_parameters.rope_theta=10000.0"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": float("inf")}}, "rope_theta"),
+    ({"max_position_embeddings": -5}, "max_position_embeddings must be a positive integer"),
+    ({"intermediate_size": 0}, "intermediate_size"),
+    ({"num_key_value_heads": 0}, "num_key_value_heads"),
+    ({"num_key_value_heads": 3}, "num_attention_heads=4 is not divisible by num_key_value_heads=3"),
+    ({"num_attention_heads": True}, "num_attention_heads"),
+    ({"rope_scaling": [1, 2]}, "rope_scaling"),
+    ({"rope_parameters": None, "rope_scaling": {"rope_type": "llama3"}}, "factor"),
+    ({"rope_parameters": None, "rope_scaling": {"rope_type": "llama3", "factor": "big", "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}, "factor"),
+    ({"tie_word_embeddings": "no"}, "tie_word_embeddings must be true or false"),
+])
+def test_convert_from_hf_refuses_bad_config_values(hf_dir, tmp_path, change, needle):
+    d = tmp_path / "bad"
+    shutil.copytree(hf_dir, d)
+    cfg = json.loads((d / "config.json").read_text()); cfg.update(change)
+    (d / "config.json").write_text(json.dumps(cfg))
+    r = inproc(*args("convert", "--from", "hf", d, tmp_path / "out"))
+    one_line_error(r, needle, "config.json")
+    assert not (tmp_path / "out").exists()
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d)), needle)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"norm_eps": -1}, "norm_eps must be a finite number > 0"), ({"norm_eps": "abc"}, "got 'abc'"),
+    ({"norm_eps": float("nan")}, "norm_eps"), ({"norm_eps": True}, "norm_eps"),
+    ({"rope_theta": -10000.0}, "rope_theta"), ({"rope_theta": float("nan")}, "rope_theta"),
+    ({"context_length": -5}, "context_length must be a positive integer"), ({"multiple_of": 0}, "multiple_of"),
+    ({"use_scaled_rope": "yes"}, "use_scaled_rope must be true or false"),
+])
+def test_meta_params_bad_values_refused(ckpt, tmp_path, change, needle):
+    d = edited(ckpt, tmp_path, **change)
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d)), needle)
+    one_line_error(inproc(*args("convert", "--to", "hf", d, tmp_path / "out")), needle)
+    one_line_error(inproc(*args("reshard", d, tmp_path / "out", "--mp", "1")), needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.int32, torch.bool])
+def test_integer_weights_refused_before_writing(ckpt, hf_dir, tmp_path, dtype):
+    from safetensors.torch import load_file, save_file
+    d = tmp_path / "hf_int"
+    shutil.copytree(hf_dir, d)
+    sd = load_file(d / "model.safetensors")
+    sd["model.layers.0.mlp.up_proj.weight"] = sd["model.layers.0.mlp.up_proj.weight"].to(dtype)
+    save_file(sd, d / "model.safetensors")
+    one_line_error(inproc(*args("convert", "--from", "hf", d, tmp_path / "out")), "mlp.up_proj.weight", "floating")
+    assert not (tmp_path / "out").exists()
+    m = tmp_path / "meta_int"
+    shutil.copytree(ckpt, m)
+    msd = {k: v.clone() for k, v in load_shard(m).items()}
+    msd["layers.1.attention.wq.weight"] = msd["layers.1.attention.wq.weight"].to(dtype)
+    torch.save(msd, m / "consolidated.00.pth")
+    for argv in (("convert", "--to", "hf", m, tmp_path / "out"), ("reshard", m, tmp_path / "out", "--mp", "1"),
+                 ("generate", "hi", "--ckpt-dir", m)):
+        one_line_error(inproc(*args(*argv)), "layers.1.attention.wq.weight", "floating")
+    assert not (tmp_path / "out").exists()
+
+
+# 5. path traversal from a Hugging Face index -------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["dotdot", "absolute", "symlink"])
+def test_hf_index_outside_the_folder_refused(hf_dir, tmp_path, where, monkeypatch):
+    "weight_map may only name files inside the model folder: no ../, no absolute path, no symlink out; none is opened."
+    import safetensors.torch
+    outside = tmp_path / "elsewhere"; outside.mkdir()
+    shutil.copy(hf_dir / "model.safetensors", outside / "model.safetensors")   # a valid file: the old code loaded it
+    d = tmp_path / "hf"
+    shutil.copytree(hf_dir, d); (d / "model.safetensors").rename(d / "inside.safetensors")
+    name = {"dotdot": "../elsewhere/model.safetensors", "absolute": str(outside / "model.safetensors"),
+            "symlink": "link.safetensors"}[where]
+    if where == "symlink": (d / "link.safetensors").symlink_to(outside / "model.safetensors")
+    keys = list(safetensors.torch.load_file(d / "inside.safetensors"))
+    wm = {k: ("inside.safetensors" if i % 2 else name) for i, k in enumerate(keys)}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    opened = []
+    real = safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda f, *a, **k: (opened.append(f), real(f, *a, **k))[1])
+    one_line_error(inproc(*args("convert", "--from", "hf", d, tmp_path / "out")), "outside the model folder")
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d)), "outside the model folder")
+    assert opened == [] and not (tmp_path / "out").exists()
+
+
+def test_hf_cache_snapshot_links_are_inside(hf_dir, tmp_path):
+    "The Hugging Face cache's own layout (snapshots/<rev>/x -> ../../blobs/<hash>) is a model folder, as it was."
+    repo = tmp_path / "models--me--tiny"
+    (repo / "blobs").mkdir(parents=True); snap = repo / "snapshots" / "abc123"; snap.mkdir(parents=True)
+    for f in hf_dir.iterdir():
+        shutil.copy(f, repo / "blobs" / f.name)
+        (snap / f.name).symlink_to(Path("../../blobs") / f.name)
+    assert main(["convert", "--from", "hf", str(snap), str(tmp_path / "out")]) == 0
+
+
+# 9 and 10. tokenizer and checkpoint files from strangers: one clear line ----------------------------------------
+def _tiny_tokenizer_json(path):
+    from tokenizers import Tokenizer as HFTokenizer, models
+    HFTokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")])).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("tokenizer_config.json", [1, 2], "tokenizer_config.json must hold a JSON object, not a list"),
+    ("generation_config.json", [1, 2], "generation_config.json must hold a JSON object, not a list"),
+    ("generation_config.json", {"eos_token_id": "x"}, "eos_token_id must be a token id"),
+    ("tokenizer_config.json", {"eos_token": 5}, "eos_token must be a string"),
+    ("tokenizer_config.json", {"chat_template": 5}, "chat_template must be a string or a list"),
+])
+def test_bad_tokenizer_side_files(tmp_path, name, content, needle):
+    from llama_lit.tokenizer import Tokenizer
+    _tiny_tokenizer_json(tmp_path / "tokenizer.json")
+    (tmp_path / name).write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=needle):
+        Tokenizer(tmp_path)
+
+
+def test_tokenizer_config_list_next_to_a_checkpoint(ckpt, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(ckpt, d)
+    (d / "tokenizer_config.json").write_text("[]")
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d)), "tokenizer_config.json must hold a JSON object")
+
+
+def _gguf_tokenizer(path, **kv):
+    import gguf
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    for k, v in {"add_tokenizer_model": "gpt2", "add_tokenizer_pre": "gpt-2", "add_bos_token_id": 0,
+                 "add_eos_token_id": 1, **kv}.items(): getattr(w, k)(v)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return path
+
+
+@pytest.mark.parametrize("kv,needle", [
+    (dict(add_token_list=["<s>", "</s>", "a", "b", "ab", "a"], add_token_merges=["a b"]), "'a' twice (ids 2 and 5)"),
+    (dict(add_token_list=["<s>", "</s>", "a", "b", "ab"], add_token_merges=["ab"]), "tokenizer.ggml.merges[0]"),
+    (dict(add_token_list=["<s>", "</s>", "a", "b", "ab"], add_token_merges=["a c"]), "tokenizer.ggml.merges[0]"),
+    (dict(add_token_merges=["a b"]), "no tokenizer.ggml.tokens"),
+    (dict(add_token_list=["<s>", "</s>", "a", "b", "ab"]), "no tokenizer.ggml.merges"),
+])
+def test_bad_gguf_vocabulary_one_line(tmp_path, kv, needle):
+    "Duplicate tokens are reported as such (not as 'every prompt needs at least one token'), bad merges by index."
+    from llama_lit.tokenizer import Tokenizer
+    path = _gguf_tokenizer(tmp_path / "t.gguf", **kv)
+    with pytest.raises(ValueError, match=re.escape(needle)) as e:
+        Tokenizer(path)
+    assert "t.gguf" in str(e.value)
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("a string", "does not hold a state dict"),
+    ({"tok_embeddings.weight": "abc"}, "tok_embeddings.weight is a str, not a tensor"),
+    ({3: torch.zeros(2)}, "is not a state dict"),
+])
+def test_pth_that_is_not_a_state_dict(ckpt, tmp_path, content, needle):
+    d = tmp_path / "m"
+    shutil.copytree(ckpt, d)
+    torch.save(content, d / "consolidated.00.pth")
+    one_line_error(inproc(*args("generate", "hi", "--ckpt-dir", d)), needle, "consolidated.00.pth")
+
+
+class _Evil:
+    def __reduce__(self): return (os.system, ("true",))
+
+
+def test_malicious_pickle_refused_without_torch_advice(ckpt, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(ckpt, d)
+    torch.save({"tok_embeddings.weight": _Evil()}, d / "consolidated.00.pth")
+    r = inproc(*args("generate", "hi", "--ckpt-dir", d))
+    one_line_error(r, "consolidated.00.pth", "os.system" if os.name != "posix" else "system")
+    assert "weights_only` set to `False" not in r.stderr and "weights_only=False" not in r.stderr
+    assert "Re-running" not in r.stderr, r.stderr
+
+
+def test_safetensors_written_with_the_umask(ckpt, tmp_path):
+    old = os.umask(0o022)
+    try: assert main(["convert", "--to", "hf", str(ckpt), str(tmp_path / "hf")]) == 0
+    finally: os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes

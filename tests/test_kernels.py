@@ -17,10 +17,12 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
 from llama_lit.gguf import unpack_nibbles
-from llama_lit.kernels import (KERNEL_SOURCES, KernelLinear, cpp_section, cpp_sections, float_kernel, fuse_rows,
-                               kernel_qlinear, kernels_available, kernels_unavailable_reason, load_kernels,
-                               q4_1_linear, q8_0_linear, float_linear, quantize_activations, reference_q4_1_linear,
-                               reference_q8_0_linear, split_q4_0_blocks, split_q4_1_blocks, split_q8_0_blocks)
+from llama_lit.kernels import (CHAPTER_CPP, CSRC_DIR, KERNEL_SOURCES, KernelLinear, cpp_section, cpp_sections, cpu_isas,
+                               default_isa, float_kernel, fuse_rows, kernel_isa, kernel_qlinear, kernels_available,
+                               kernels_unavailable_reason, load_kernels, q4_1_linear, q5_0_linear, q5_1_linear,
+                               q5_blocks, q8_0_linear, float_linear, quantize_activations, reference_block_linear,
+                               reference_q4_1_linear, reference_q8_0_linear, set_kernel_isa, split_q4_0_blocks,
+                               split_q4_1_blocks, split_q8_0_blocks)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +42,14 @@ compiles_right = pytest.mark.skipif(not _inductor_builds_right(),
                                     reason="torch.compile's CPU code is wrong under a lowered ATEN_CPU_CAPABILITY (torch 2.13 bug)")
 
 
+@pytest.fixture(params=cpu_isas() or ["avx2"])
+def isa(request):
+    "Each kernel variant this CPU can run, set for the test and put back after (both in one process)."
+    before = set_kernel_isa(request.param)
+    yield request.param
+    set_kernel_isa(before)
+
+
 def pack(codes):
     "Codes (N, K) 0..15 -> Q4_1 bytes (N, K/2): per block, weight j low nibble, j+16 high."
     b = codes.reshape(codes.shape[0], -1, 2, 16)
@@ -55,9 +65,12 @@ def odd_x(M, K, seed=0):
     return x
 
 
-@pytest.mark.parametrize("N,K", [(130, 576), (7, 64), (576, 1536), (1, 32)])
+SHAPES = [(130, 576), (7, 64), (576, 1536), (1, 32), (5, 32), (9, 96), (6, 160), (13, 544)]   # odd block counts
+
+
+@pytest.mark.parametrize("N,K", SHAPES)
 @pytest.mark.parametrize("M", [1, 3, 8, 46])
-def test_q4_1_and_q8_0_kernels_equal_their_reference(N, K, M):
+def test_q4_1_and_q8_0_kernels_equal_their_reference(N, K, M, isa):
     torch.manual_seed(N + K + M)
     codes = torch.randint(0, 16, (N, K), dtype=torch.uint8)
     codes[0, :32] = 15; codes[-1, -32:] = 0
@@ -69,6 +82,57 @@ def test_q4_1_and_q8_0_kernels_equal_their_reference(N, K, M):
     assert (q4_1_linear(x, pack(codes), d, m) - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-6
     ref = reference_q8_0_linear(x, q8, d)
     assert (q8_0_linear(x, q8, d) - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-6
+
+
+@pytest.mark.parametrize("N,K", SHAPES)
+@pytest.mark.parametrize("M", [1, 5, 46])
+def test_q5_kernels_equal_their_reference(N, K, M, isa):
+    "Q5_0 / Q5_1 from gguf's reference quantizer, against gguf's dequantize with the kernels' int8 activations."
+    torch.manual_seed(N + K + M)
+    w, x = torch.randn(N, K) * 0.05, odd_x(M, K)
+    w[0, :32] = 0                                               # a zero scale
+    if N > 1: w[1, :32] = w[1, :32].abs() + 0.1                 # all positive: Q5_1's m > 0, every code high
+    for T, op in ((QT.Q5_0, q5_0_linear), (QT.Q5_1, q5_1_linear)):
+        raw = quantize(w.numpy(), T)
+        f = q5_blocks(raw, (N, K), T)
+        ref = reference_block_linear(x, torch.from_numpy(dequantize(raw, T)))
+        got = op(x, f["qs"], f["qh"], f["d"], *([f["m"]] if "m" in f else []))
+        assert (got - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-6, (T.name, isa)
+        assert torch.equal(KernelLinear.from_q5(f["qs"], f["qh"], f["d"], f.get("m")).dequantize(),
+                           torch.from_numpy(dequantize(raw, T)))
+
+
+def test_the_isa_is_chosen_from_the_cpu_and_the_switches(monkeypatch):
+    both = "flags\t\t: fpu sse2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_vnni avx512_bf16\n"
+    assert cpu_isas(both) == ("avx2", "avx512") and cpu_isas(both.replace("avx512_vnni", "avx_vnni")) == ("avx2",)
+    assert cpu_isas(both.replace(" avx512dq", "")) == ("avx2",) and cpu_isas("flags : fpu avx\n") == ()
+    monkeypatch.delenv("LLAMA_LIT_KERNELS_ISA", raising=False)
+    for cap, want in (("", "avx512"), ("avx512", "avx512"), ("avx2", "avx2"), ("default", "avx2")):
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", cap)
+        assert default_isa(both) == want, cap
+    monkeypatch.setenv("LLAMA_LIT_KERNELS_ISA", "avx2")
+    assert default_isa(both) == "avx2"
+    monkeypatch.setenv("LLAMA_LIT_KERNELS_ISA", "neon")
+    with pytest.raises(ValueError, match="'neon' is not one of avx2, avx512"): default_isa(both)
+    monkeypatch.setenv("LLAMA_LIT_KERNELS_ISA", "avx512")
+    with pytest.raises(ValueError, match="this CPU lacks avx512_vnni \\(it runs avx2\\)"):
+        default_isa(both.replace(" avx512_vnni", ""))
+    with pytest.raises(ValueError, match="not one of"): set_kernel_isa("avx1024")
+    assert kernel_isa() in cpu_isas()
+    if "avx512" not in cpu_isas():
+        with pytest.raises(ValueError, match="this CPU lacks avx512"): set_kernel_isa("avx512")
+
+
+def test_llama_lit_kernels_isa_at_load():
+    "LLAMA_LIT_KERNELS_ISA picks the variant when the library loads; an unknown one is a ValueError from load_kernels."
+    code = ("from llama_lit.kernels import load_kernels, kernel_isa\n"
+            "try: load_kernels(); print(kernel_isa())\n"
+            "except ValueError as e: print('ValueError:', e)\n")
+    run = lambda v: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                   env={**os.environ, "LLAMA_LIT_KERNELS_ISA": v}).stdout.strip()
+    for isa in cpu_isas(): assert run(isa) == isa
+    assert run("avx1024").startswith("ValueError: LLAMA_LIT_KERNELS_ISA='avx1024' is not one of avx2, avx512")
+    if "avx512" not in cpu_isas(): assert "this CPU lacks" in run("avx512")
 
 
 def _same_rounding(x):
@@ -107,8 +171,9 @@ def test_activation_rounding_is_bit_exact_on_the_real_model():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [1, 5])
-def test_float_kernel(dtype, M):
-    w, x = torch.randn(131, 200).to(dtype), torch.randn(M, 200)  # K a multiple of 8, not of 32
+@pytest.mark.parametrize("K", [200, 8, 32, 48, 576])
+def test_float_kernel(dtype, M, K, isa):
+    w, x = torch.randn(131, K).to(dtype), torch.randn(M, K)    # 200: a multiple of 8, not of 16 or 32
     ref = (x.double() @ w.double().T).float()
     assert (float_linear(x, w) - ref).abs().max() <= 1e-5 * ref.abs().max()
 
@@ -126,8 +191,8 @@ def test_gguf_blocks_regrouped_bit_for_bit():
                        torch.from_numpy(dequantize(raw, QT.Q8_0)))
 
 
-@pytest.mark.parametrize("quant", ["q4_1", "q8_0", "f32", "bf16", "f16"])
-def test_kernellinear_matches_its_dequantized_weight(quant):
+@pytest.mark.parametrize("quant", ["q4_1", "q5_0", "q5_1", "q8_0", "f32", "bf16", "f16"])
+def test_kernellinear_matches_its_dequantized_weight(quant, isa):
     torch.manual_seed(0)
     w, x = torch.randn(80, 256) * 0.02, torch.randn(2, 7, 256)
     kl = KernelLinear.from_float(w, quant)
@@ -306,10 +371,28 @@ def test_a_decode_step_reads_96_4_mb():
     assert sum(kernel_qlinear(t).nbytes for t in mats) == file_bytes
 
 
+def test_q5_matrices_stay_packed(tmp_path):
+    "kernel_qlinear keeps a GGUF file's Q5_0 / Q5_1 matrices as their blocks: the file's bytes, not float32."
+    from gguf import GGUFWriter
+    from llama_lit.gguf_file import open_gguf
+    w = torch.randn(40, 576) * 0.05
+    writer = GGUFWriter(str(tmp_path / "q5.gguf"), "llama")
+    for T in (QT.Q5_0, QT.Q5_1): writer.add_tensor(T.name, quantize(w.numpy(), T), raw_dtype=T)
+    writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+    x = torch.randn(3, 576)
+    for t in open_gguf(tmp_path / "q5.gguf").tensors:
+        kl = kernel_qlinear(t)
+        assert kl.kind == t.name.lower() and kl.nbytes == int(t.n_bytes) and (kl.out_features, kl.in_features) == (40, 576)
+        ref = reference_block_linear(x, torch.from_numpy(dequantize(quantize(w.numpy(), t.tensor_type), t.tensor_type)))
+        assert (kl(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
 def test_the_kernels_compile_from_the_shipped_cpp():
-    "The C++ is a file of the package (llama_lit/csrc), not a string written somewhere at run time."
+    "The C++ is files of the package (llama_lit/csrc: every .cpp there is compiled), not a string written at run time."
     from llama_lit import kernels
-    assert KERNEL_SOURCES == [Path(kernels.__file__).resolve().parent / "csrc" / "kernels.cpp"]
+    csrc = Path(kernels.__file__).resolve().parent / "csrc"
+    assert KERNEL_SOURCES == sorted(csrc.glob("*.cpp")) and csrc / "kernels.cpp" in KERNEL_SOURCES
+    assert CHAPTER_CPP == [csrc / "isa.h", csrc / "kernels.cpp"] and CSRC_DIR == csrc
     assert all(p.is_file() for p in KERNEL_SOURCES)
     assert not (kernels.kernel_build_dir() / "kernels.cpp").exists()      # compiled where it lies, not copied
 
@@ -325,7 +408,7 @@ def _shown_sections():
 
 def test_the_sections_are_the_whole_file_and_the_chapter_shows_each_once_in_order():
     sections = cpp_sections()
-    text = "".join(p.read_text() for p in KERNEL_SOURCES)
+    text = "".join(p.read_text() for p in CHAPTER_CPP)                 # isa.h, then kernels.cpp
     assert "".join(f"// ---- section: {n} ----\n{t}" for n, t in sections.items()) == text
     shown = list(_shown_sections())
     assert [n for n, _ in shown] == list(sections)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gguf import GGMLQuantizationType as QT, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 from llama_lit.assets import smollm2_path
 from llama_lit.build import build_transformer, load_gguf_quantized, quantized_transformer
 from llama_lit.config import ModelArgs
 from llama_lit.fast import FastForward
-from llama_lit.gguf import load_gguf
+from llama_lit.gguf import BLOCK_DTYPES, dequantize_tensor, load_gguf
 from llama_lit.gguf_file import open_gguf, torch_shape
 from llama_lit.model import Transformer
 from llama_lit.parallel import init_model_parallel
@@ -24,8 +24,8 @@ from llama_lit.tokenizer import Tokenizer
 from llama_lit.quant import (QuantLinear, bits_per_weight, cpu_has_bf16, dequantize_int4, dequantize_int8,
                              gguf_qlinear, int4_scales_and_zeros, matmul_shapes, pack_int4, q4_0_blocks_to_int4pack,
                              q4_1_blocks, q4_1_blocks_to_int4pack, q4_1_bytes, q8_0_blocks_to_int8, q8_0_bytes,
-                             q8_0_to_int4pack, quant_linears, quantize_int4, quantize_int8, quantize_model,
-                             quantize_q8_0, swap_linears, unpack_int4)
+                             q4_k_blocks, q4_k_blocks_to_int4pack, q8_0_to_int4pack, quant_linears, quantize_int4,
+                             quantize_int8, quantize_model, quantize_q8_0, swap_linears, unpack_int4)
 
 torch.set_num_threads(1)
 
@@ -146,7 +146,10 @@ def test_gguf_qlinear_every_type(tmp_path):
     f = open_gguf(tmp_path / "t.gguf")
     kinds = {}
     for t in f.tensors:
-        ql = gguf_qlinear(t, dtype=torch.float32)
+        if t.name == "g.weight":                                          # Q5_1: dequantized, said so
+            with pytest.warns(UserWarning, match="g.weight: Q5_1 has no packed form"):
+                ql = gguf_qlinear(t, dtype=torch.float32)
+        else: ql = gguf_qlinear(t, dtype=torch.float32)
         kinds[t.name] = (ql.kind, ql.dtype)
         assert torch.equal(ql.dequantize(), ref[t.name]), t.name
         x = torch.randn(2, 96)
@@ -156,9 +159,10 @@ def test_gguf_qlinear_every_type(tmp_path):
     assert kinds == {"a.weight": ("int4", torch.float32), "b.weight": ("int4", torch.float32),
                      "c.weight": ("q8_0_int4x2", torch.float32), "d.weight": ("float", torch.float16),
                      "e.weight": ("float", torch.bfloat16), "f.weight": ("float", torch.float32),
-                     "g.weight": ("float", torch.float32)}                # Q5_1: no kernel, dequantized (other="f32")
+                     "g.weight": ("float", torch.float32)}                # Q5_1: no kernel, dequantized to the dtype
     t = next(t for t in f.tensors if t.name == "g.weight")
     assert gguf_qlinear(t, other="int4").kind == "int4"
+    with pytest.raises(ValueError, match="other="): gguf_qlinear(t, other="int3")
     c = next(t for t in f.tensors if t.name == "c.weight")
     assert gguf_qlinear(c, q8_0="int8").kind == "int8"
     with pytest.raises(ValueError, match="q8_0="):
@@ -304,9 +308,10 @@ def test_model_dtype_change_keeps_kernel_dtype():
 
 def test_load_gguf_quantized_real_model(smol):
     params, sd, qlayers = load_gguf_quantized(smol, compute_dtype=torch.float32)
-    assert set(sd) == {"tok_embeddings.weight", "norm.weight"} | {f"layers.{i}.{n}.weight" for i in range(30)
-                                                                  for n in ("attention_norm", "ffn_norm")}
-    assert len(qlayers) == 30 * 7 + 1 and qlayers["output"].kind == "q8_0_int4x2" and qlayers["layers.0.attention.wq"].kind == "int4"
+    assert set(sd) == {"norm.weight"} | {f"layers.{i}.{n}.weight" for i in range(30)
+                                         for n in ("attention_norm", "ffn_norm")}     # the embedding: from its blocks
+    assert type(qlayers["tok_embeddings"]).__name__ == "BlockEmbedding"
+    assert len(qlayers) == 30 * 7 + 2 and qlayers["output"].kind == "q8_0_int4x2" and qlayers["layers.0.attention.wq"].kind == "int4"
     args = ModelArgs.from_params(params, max_seq_len=64, max_batch_size=1)
     qmodel = quantized_transformer(args, sd, qlayers)
     _, fsd = load_gguf(smol)
@@ -402,7 +407,7 @@ def test_build_keeps_the_gguf_bits():
 
 def test_bad_quant_requests(tmp_path):
     from llama_lit.generation import Llama
-    with pytest.raises(ValueError, match="quant must be None"): Llama.build(quant="int3")
+    with pytest.raises(ValueError, match="quant must be 'auto', None"): Llama.build(quant="int3")
     with pytest.raises(ValueError, match="keeps a GGUF file's own"): Llama.build(quant="gguf")
 
 
@@ -613,3 +618,69 @@ def test_cuda_kernels_for_real(quant):
     assert (ql(x) - ref).abs().max() <= 1e-2 * ref.abs().max()
     cpu = QuantLinear.from_float(w.cpu(), quant)
     assert torch.allclose(ql.dequantize().cpu(), cpu.dequantize(), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- K-quants: Q4_K as int4, the others said out loud
+
+def _random_blocks(qt, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    "Random bytes (rows, cols/B·bytes) of type qt with float16 scales of a real model's size (|d| ~ 1e-3)."
+    rng = np.random.default_rng(seed)
+    bs = GGML_QUANT_SIZES[qt][0]
+    b = np.frombuffer(rng.bytes(rows * cols // bs * BLOCK_DTYPES[qt].itemsize), BLOCK_DTYPES[qt]).copy()
+    for k in ("d", "m", "dmin"):
+        if k in b.dtype.names: b[k] = (np.abs(rng.standard_normal(len(b))) * 1e-3).astype(np.float16)
+    return b.view(np.uint8).reshape(rows, -1)
+
+
+@pytest.mark.parametrize("rows", [64, 80])
+def test_q4_k_as_int4_exact_codes(rows):
+    raw = _random_blocks(QT.Q4_K, rows, 512, seed=rows)
+    ref = torch.from_numpy(dequantize(raw, QT.Q4_K))                                    # (rows, 512)
+    q, scale, mins = q4_k_blocks(raw, (rows, 512))
+    assert q.shape == (rows, 512) and scale.shape == mins.shape == (rows, 16) and scale.dtype == torch.float32
+    per_w = lambda x: x.repeat_interleave(32, 1)
+    assert torch.equal(per_w(scale) * q - per_w(mins), ref)                            # w = scale·q − min, exactly
+    packed, table = q4_k_blocks_to_int4pack(raw, (rows, 512))
+    assert torch.equal(unpack_int4(packed)[:rows], q)                                  # the file's codes
+    assert torch.allclose(kernel_weights(packed, table, rows, 512), ref, rtol=0, atol=1e-6 * ref.abs().max())
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2 ** -7)):              # bf16: scale and zero rounded
+        ql = QuantLinear.from_int4(q, scale, -mins, 32, dtype=dtype)
+        assert ql.kind == "int4" and torch.equal(unpack_int4(ql.packed)[:rows], q)
+        assert (ql.dequantize() - ref).abs().max() <= tol * ref.abs().max()
+
+
+def test_gguf_qlinear_kquants(tmp_path):
+    "Q4_K -> int4, codes kept; Q5_0/Q5_1/Q5_K/Q6_K -> the compute dtype with one warning naming tensor and bytes."
+    types = {"k4.weight": QT.Q4_K, "k5.weight": QT.Q5_K, "k6.weight": QT.Q6_K, "q50.weight": QT.Q5_0,
+             "q51.weight": QT.Q5_1}
+    w = GGUFWriter(tmp_path / "k.gguf", "llama")
+    for i, (name, qt) in enumerate(types.items()):
+        w.add_tensor(name, _random_blocks(qt, 48, 512, seed=i), raw_dtype=qt)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    t = {x.name: x for x in open_gguf(tmp_path / "k.gguf").tensors}
+    ref = {n: dequantize_tensor(x) for n, x in t.items()}
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                                  # Q4_K: no warning
+        ql = gguf_qlinear(t["k4.weight"])
+    assert (ql.kind, ql.group_size, ql.dtype) == ("int4", 32, torch.bfloat16)
+    q, _, _ = q4_k_blocks(t["k4.weight"].data, (48, 512))
+    assert torch.equal(unpack_int4(ql.packed)[:48], q)
+    assert (ql.dequantize() - ref["k4.weight"]).abs().max() <= 2 ** -7 * ref["k4.weight"].abs().max()
+    x = torch.randn(3, 512)
+    want = F.linear(x.bfloat16().float(), ql.dequantize())
+    assert (ql(x) - want).abs().max() <= 1e-2 * want.abs().max()
+    for name in ("k5.weight", "k6.weight", "q50.weight", "q51.weight"):
+        disk = 48 * 512 // GGML_QUANT_SIZES[types[name]][0] * GGML_QUANT_SIZES[types[name]][1]
+        with pytest.warns(UserWarning, match=rf"{name}: {types[name].name} has no packed form .*bfloat16: 49,152 bytes "
+                                             rf"\(0.0 MiB\) for the file's {disk:,}"):
+            ql = gguf_qlinear(t[name])
+        assert ql.kind == "float" and ql.weight.dtype == torch.bfloat16
+        assert torch.equal(ql.weight, ref[name].bfloat16()) and ql.nbytes == 48 * 512 * 2
+        with pytest.warns(UserWarning, match="float32"):
+            assert gguf_qlinear(t[name], other="f32").weight.dtype == torch.float32
+        assert gguf_qlinear(t[name], other="int8").kind == "int8"                     # requantized: no warning needed
+
+
+def test_bits_per_weight_gguf_types():
+    assert [bits_per_weight(q, 4096) for q in ("Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")] == [5.5, 6.0, 4.5, 5.5, 6.5625]

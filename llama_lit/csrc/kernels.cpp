@@ -1,7 +1,9 @@
 // ---- section: headers ----
-// llama_lit's CPU kernels: Q4_1 and Q8_0 blocks times int8 activations, and float weights, for x86-64 with AVX2,
-// FMA and F16C. Shipped with the package and compiled on first use by llama_lit.kernels.load_kernels(); chapter 11
-// of the book shows it section by section (the `section:` comments; llama_lit.kernels.cpp_section reads them).
+// llama_lit's CPU kernels: Q4_1, Q5_0, Q5_1 and Q8_0 blocks times int8 activations, and float weights, for x86-64,
+// each in two variants: AVX2 (+ FMA, F16C: the flags the file is compiled with) and AVX-512 (F, BW, VL, DQ, VNNI:
+// compiled in `#pragma GCC target` regions, called only when llama_lit::current_isa() says so). Shipped with the
+// package and compiled on first use by llama_lit.kernels.load_kernels(); chapter 11 of the book shows it section by
+// section (the `section:` comments; llama_lit.kernels.cpp_section reads them).
 #include <ATen/ATen.h>
 #include <torch/library.h>   // no torch/extension.h / pybind11: only ATen's headers, a cold compile of seconds
 #include <ATen/Parallel.h>
@@ -11,15 +13,38 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
+#include "isa.h"
+
+// ---- section: isa_switch ----
+// The vector width every kernel of the library runs (isa.h): AVX2 until load_kernels sets it through set_isa.
+int& llama_lit::current_isa() {
+  static int isa = llama_lit::AVX2;
+  return isa;
+}
 
 namespace {
 
+// set_isa(isa): run the AVX2 (0) or AVX-512 (1) variants from now on; returns the one before (set_isa(-1) only
+// reads it). AVX-512 only where the CPU has every extension its variants are compiled for.
+int64_t set_isa(int64_t isa) {
+  const int before = llama_lit::current_isa();
+  if (isa == -1) return before;
+  TORCH_CHECK(isa == llama_lit::AVX2 || isa == llama_lit::AVX512, "set_isa: ", isa,
+              " is neither 0 (AVX2) nor 1 (AVX-512)");
+  TORCH_CHECK(isa == llama_lit::AVX2 || (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                                         __builtin_cpu_supports("avx512vnni")),
+              "set_isa: this CPU lacks AVX-512 F/BW/VL/DQ/VNNI");
+  llama_lit::current_isa() = (int)isa;
+  return before;
+}
+
+// ---- section: helpers ----
 constexpr int QK = 32;
 #ifndef QPF
 #define QPF 2   // software prefetch distance, in tiles of rows ahead (may run past the end: prefetch never faults)
 #endif
 
-// ---- section: helpers ----
 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -77,43 +102,55 @@ struct QX {  // quantized activations of M rows
   std::vector<float> d, s;
 };
 
-// pairs: store each pair of blocks (b, b+1) as [y_b[0:16] y_b+1[0:16] y_b[16:32] y_b+1[16:32]] (an odd last
-// block stays in order), matching 32 bytes of Q4_1 qs = two blocks' low nibbles | high nibbles.
-QX quantize_x(const float* x, int64_t M, int64_t K, bool with_s, bool pairs = false) {
+// group G (1, 2 or 4): store each group of G blocks b..b+G-1 as the first 16 activations of each, then the last 16
+// of each (groups of G while they fit, then of G/2, ...: an odd last block stays in order); one 32-byte (AVX2, G=2)
+// or 64-byte (AVX-512, G=4) load of Q4 bytes holds the weights of G blocks in that order: low nibbles | high ones.
+QX quantize_x(const float* x, int64_t M, int64_t K, bool with_s, int G = 1) {
   QX r;
   const int64_t nb = K / QK;
   r.q.resize(M * K);
-  r.d.resize(M * nb + 8);
-  if (with_s) r.s.resize(M * nb + 8);
-  std::vector<int8_t> tmp(pairs ? K : 0);
+  r.d.resize(M * nb + 16);
+  if (with_s) r.s.resize(M * nb + 16);
+  std::vector<int8_t> tmp(G > 1 ? K : 0);
   for (int64_t i = 0; i < M; ++i) {
     int8_t* dst = r.q.data() + i * K;
-    quantize_row_q8(x + i * K, K, pairs ? tmp.data() : dst, r.d.data() + i * nb,
+    quantize_row_q8(x + i * K, K, G > 1 ? tmp.data() : dst, r.d.data() + i * nb,
                     with_s ? r.s.data() + i * nb : nullptr);
-    if (pairs) {
-      int64_t b = 0;
-      for (; b + 2 <= nb; b += 2) {
-        const __m256i y0 = _mm256_loadu_si256((const __m256i*)(tmp.data() + b * QK));
-        const __m256i y1 = _mm256_loadu_si256((const __m256i*)(tmp.data() + b * QK + QK));
-        _mm256_storeu_si256((__m256i*)(dst + b * QK), _mm256_permute2x128_si256(y0, y1, 0x20));
-        _mm256_storeu_si256((__m256i*)(dst + b * QK + QK), _mm256_permute2x128_si256(y0, y1, 0x31));
-      }
-      if (b < nb) std::memcpy(dst + b * QK, tmp.data() + b * QK, QK);
-    }
+    if (G == 1) continue;
+    int64_t b = 0;
+    for (int g = G; g > 1; g /= 2)
+      for (; b + g <= nb; b += g)
+        for (int j = 0; j < g; ++j) {
+          std::memcpy(dst + b * QK + 16 * j, tmp.data() + (b + j) * QK, 16);
+          std::memcpy(dst + b * QK + 16 * (g + j), tmp.data() + (b + j) * QK + 16, 16);
+        }
+    if (b < nb) std::memcpy(dst + b * QK, tmp.data() + b * QK, QK);
   }
   return r;
 }
 
 // ---- section: q4_1_rows ----
-// R rows of Q4_1 weights (starting at row n) against one quantized activation row; writes R outputs.
-template <int R>
-inline void q4_1_rows(const uint8_t* __restrict qs, const uint16_t* __restrict dw, const uint16_t* __restrict mw,
-                      int64_t K, const int8_t* __restrict qy, const float* __restrict dy, const float* __restrict sy,
-                      float* __restrict out) {
-  // qy in pair layout (quantize_x(pairs=true)); two blocks per step: one 32-byte load of qs gives both blocks'
+// The 4- and 5-bit formats share one kernel: w = d·q + m with q a 4-bit code (Q4_1), or a 5-bit one whose fifth
+// bits lie in a 32-bit word qh per block (Q5_1); Q5_0 is w = d·(q - 16), i.e. m = -16·d (exact), not stored.
+enum Nib { Q4_1F = 0, Q5_1F = 1, Q5_0F = 2 };
+
+// 32 bytes: 0xFF where bit i of x is set, else 0 (ggml's bytes_from_bits_32, ggml-quants.c, MIT license).
+inline __m256i bytes_from_bits_32(uint32_t x) {
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bytes = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf),
+                                        _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+
+// R rows of weights (starting at row n) against one quantized activation row; writes R outputs.
+template <int R, int F>
+inline void q4_1_rows(const uint8_t* __restrict qs, const uint32_t* __restrict qh, const uint16_t* __restrict dw,
+                      const uint16_t* __restrict mw, int64_t K, const int8_t* __restrict qy,
+                      const float* __restrict dy, const float* __restrict sy, float* __restrict out) {
+  // qy in pair layout (quantize_x(G=2)); two blocks per step: one 32-byte load of qs gives both blocks'
   // low nibbles (w0..15) and high nibbles (w16..31) in the 128-bit lanes of block b and b+1.
   const int64_t nb = K / QK, rs = K / 2;
-  const __m256i lowmask = _mm256_set1_epi8(0x0F);
+  const __m256i lowmask = _mm256_set1_epi8(0x0F), bit5 = _mm256_set1_epi8(0x10);
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i pidx0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), pidx1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
   const __m256i pidx2 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), pidx3 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);
@@ -127,20 +164,27 @@ inline void q4_1_rows(const uint8_t* __restrict qs, const uint16_t* __restrict d
     for (int r = 0; r < R; ++r) {                                                                          \
       if ((P) % 2 == 0) _mm_prefetch((const char*)(qs + (QPF * R + r) * rs + b * 16), _MM_HINT_T0);       \
       const __m256i q = _mm256_loadu_si256((const __m256i*)(qs + r * rs + b * 16));                       \
-      const __m256i lo = _mm256_and_si256(q, lowmask);                                                     \
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), lowmask);                              \
+      __m256i lo = _mm256_and_si256(q, lowmask);                                                           \
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), lowmask);                                    \
+      if constexpr (F != Q4_1F) {   /* fifth bits: w0..15 of both blocks, then w16..31 of both */          \
+        const uint32_t h0 = qh[r * nb + b], h1 = qh[r * nb + b + 1];                                       \
+        lo = _mm256_or_si256(lo, _mm256_and_si256(bytes_from_bits_32((h0 & 0xFFFF) | (h1 << 16)), bit5));   \
+        hi = _mm256_or_si256(hi, _mm256_and_si256(bytes_from_bits_32((h0 >> 16) | (h1 & 0xFFFF0000u)), bit5)); \
+      }                                                                                                    \
       const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ya), _mm256_maddubs_epi16(hi, yb));    \
       const __m256 sc = _mm256_permutevar8x32_ps(scl[r], IDX);                                             \
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), sc, acc[r]);              \
     }                                                                                                      \
   }
+  auto mof = [&](int64_t i) { return F == Q5_0F ? -16.f * h2f(dw[i]) : h2f(mw[i]); };   // m of one block
   int64_t b0 = 0;
   for (; b0 + 8 <= nb; b0 += 8) {
     const __m256 dy8 = _mm256_loadu_ps(dy + b0), sy8 = _mm256_loadu_ps(sy + b0);
     __m256 scl[R];
     for (int r = 0; r < R; ++r) {
       const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(dw + r * nb + b0)));
-      const __m256 m8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(mw + r * nb + b0)));
+      const __m256 m8 = F == Q5_0F ? _mm256_mul_ps(d8, _mm256_set1_ps(-16.f))
+                                   : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(mw + r * nb + b0)));
       scl[r] = _mm256_mul_ps(d8, dy8);
       macc[r] = _mm256_fmadd_ps(m8, sy8, macc[r]);
     }
@@ -151,7 +195,7 @@ inline void q4_1_rows(const uint8_t* __restrict qs, const uint16_t* __restrict d
     for (int r = 0; r < R; ++r) {
       const float s0 = h2f(dw[r * nb + b0]) * dy[b0], s1 = h2f(dw[r * nb + b0 + 1]) * dy[b0 + 1];
       scl[r] = _mm256_setr_ps(s0, s1, 0, 0, 0, 0, 0, 0);
-      const float m01 = h2f(mw[r * nb + b0]) * sy[b0] + h2f(mw[r * nb + b0 + 1]) * sy[b0 + 1];
+      const float m01 = mof(r * nb + b0) * sy[b0] + mof(r * nb + b0 + 1) * sy[b0 + 1];
       macc[r] = _mm256_add_ps(macc[r], _mm256_setr_ps(m01, 0, 0, 0, 0, 0, 0, 0));
     }
     Q41_PAIR(0, pidx0)
@@ -163,14 +207,79 @@ inline void q4_1_rows(const uint8_t* __restrict qs, const uint16_t* __restrict d
     const __m256i y = _mm256_loadu_si256((const __m256i*)(qy + b0 * QK));
     for (int r = 0; r < R; ++r) {
       const __m128i q = _mm_loadu_si128((const __m128i*)(qs + r * rs + b0 * 16));
-      const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), lowmask);
+      __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), lowmask);
+      if constexpr (F != Q4_1F) w = _mm256_or_si256(w, _mm256_and_si256(bytes_from_bits_32(qh[r * nb + b0]), bit5));
       const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(dw[r * nb + b0]) * dy[b0]), acc[r]);
-      mtail[r] += h2f(mw[r * nb + b0]) * sy[b0];
+      mtail[r] += mof(r * nb + b0) * sy[b0];
     }
   }
   for (int r = 0; r < R; ++r) out[r] = hsum8(_mm256_add_ps(acc[r], macc[r])) + mtail[r];
 }
+
+// ---- section: q4_1_rows_avx512 ----
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+// The same on 512-bit registers, G = 4 blocks per step (activations in quantize_x(G=4)'s layout): one 64-byte load
+// of qs, and VNNI's vpdpbusd multiplies unsigned codes by signed activations and adds each 4 products into an int32
+// lane (no int16 step); lanes 4j..4j+3 hold block b+j. The last G = 2 or 1 blocks of a row use masked loads.
+template <int R, int F, int G>
+__attribute__((always_inline)) inline void q4_1_group_512(const uint8_t* __restrict qs, const uint32_t* __restrict qh,
+                                                          int64_t nb, int64_t b, int p, const int8_t* __restrict qy,
+                                                          const __m512* scl, __m512* acc) {
+  const int64_t rs = nb * 16;
+  const __mmask64 bytes = G == 4 ? ~0ULL : (1ULL << (16 * G)) - 1;          // qs bytes (and y bytes) of G blocks
+  const __mmask16 lanes = G == 4 ? 0xFFFF : (1u << (4 * G)) - 1;           // their int32 lanes
+  const __m512i lowmask = _mm512_set1_epi8(0x0F), bit5 = _mm512_set1_epi8(0x10);
+  const __m512i ya = _mm512_maskz_loadu_epi8(bytes, qy + b * QK);             // first halves of the G blocks
+  const __m512i yb = _mm512_maskz_loadu_epi8(bytes, qy + b * QK + 16 * G);    // second halves
+  const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(p),                   // lanes 4j..4j+3: block p + j's scale
+                                       _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+  for (int r = 0; r < R; ++r) {
+    if (G == 4) _mm_prefetch((const char*)(qs + (QPF * R + r) * rs + b * 16), _MM_HINT_T0);
+    const __m512i q = _mm512_maskz_loadu_epi8(bytes, qs + r * rs + b * 16);
+    __m512i lo = _mm512_and_si512(q, lowmask), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), lowmask);
+    if constexpr (F != Q4_1F) {   // fifth bits of w0..15 of the G blocks, then of w16..31: one mask bit per byte
+      uint64_t lb = 0, hb = 0;
+      for (int j = 0; j < G; ++j) {
+        const uint64_t h = qh[r * nb + b + j];
+        lb |= (h & 0xFFFF) << (16 * j);
+        hb |= (h >> 16) << (16 * j);
+      }
+      lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(_cvtu64_mask64(lb), bit5));
+      hi = _mm512_or_si512(hi, _mm512_maskz_mov_epi8(_cvtu64_mask64(hb), bit5));
+    }
+    const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, ya), hi, yb);
+    acc[r] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(idx, scl[r]), acc[r], lanes);
+  }
+}
+
+template <int R, int F>
+void q4_1_rows_512(const uint8_t* __restrict qs, const uint32_t* __restrict qh, const uint16_t* __restrict dw,
+                   const uint16_t* __restrict mw, int64_t K, const int8_t* __restrict qy, const float* __restrict dy,
+                   const float* __restrict sy, float* __restrict out) {
+  const int64_t nb = K / QK;
+  __m512 acc[R], macc[R], scl[R];
+  for (int r = 0; r < R; ++r) { acc[r] = _mm512_setzero_ps(); macc[r] = _mm512_setzero_ps(); }
+  for (int64_t c0 = 0; c0 < nb; c0 += 16) {   // 16 blocks' scales at a time (the last chunk masked)
+    const int cnt = (int)std::min<int64_t>(16, nb - c0);
+    const __mmask16 km = cnt == 16 ? 0xFFFF : (1u << cnt) - 1;
+    const __m512 dy16 = _mm512_maskz_loadu_ps(km, dy + c0), sy16 = _mm512_maskz_loadu_ps(km, sy + c0);
+    for (int r = 0; r < R; ++r) {
+      const __m512 d16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, dw + r * nb + c0));
+      const __m512 m16 = F == Q5_0F ? _mm512_mul_ps(d16, _mm512_set1_ps(-16.f))
+                                    : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, mw + r * nb + c0));
+      scl[r] = _mm512_mul_ps(d16, dy16);
+      macc[r] = _mm512_fmadd_ps(m16, sy16, macc[r]);
+    }
+    int p = 0;
+    for (; p + 4 <= cnt; p += 4) q4_1_group_512<R, F, 4>(qs, qh, nb, c0 + p, p, qy, scl, acc);
+    if (p + 2 <= cnt) { q4_1_group_512<R, F, 2>(qs, qh, nb, c0 + p, p, qy, scl, acc); p += 2; }
+    if (p < cnt) q4_1_group_512<R, F, 1>(qs, qh, nb, c0 + p, p, qy, scl, acc);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], macc[r]));
+}
+#pragma GCC pop_options
 
 // ---- section: over_row_tiles ----
 constexpr int RT = 4;  // rows per tile
@@ -199,30 +308,50 @@ void over_row_tiles(int64_t M, int64_t N, int64_t grain, float* Y, Rows rows) {
 }
 
 // ---- section: q4_1_linear ----
-at::Tensor q4_1_linear(at::Tensor x, at::Tensor qs, at::Tensor d, at::Tensor m) {
+// The operators of the three formats: checks, the activations rounded once (in the layout of the ISA's variant),
+// then the tiles.
+template <int F>
+at::Tensor nibble_linear(const char* op, at::Tensor x, at::Tensor qs, const at::Tensor* qh, at::Tensor d,
+                         const at::Tensor* m) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "q4_1_linear: x must be a contiguous CPU float32 (M, K) tensor");
+              op, ": x must be a contiguous CPU float32 (M, K) tensor");
   const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % QK == 0 && K > 0, "q4_1_linear: K=", K, " is not a positive multiple of 32");
+  TORCH_CHECK(K % QK == 0 && K > 0, op, ": K=", K, " is not a positive multiple of 32");
   TORCH_CHECK(qs.dim() == 2 && qs.scalar_type() == at::kByte && qs.is_contiguous() && qs.size(1) == K / 2,
-              "q4_1_linear: qs must be contiguous uint8 (N, K/2)");
+              op, ": qs must be contiguous uint8 (N, K/2)");
   const int64_t N = qs.size(0), nb = K / QK;
-  TORCH_CHECK(d.scalar_type() == at::kHalf && m.scalar_type() == at::kHalf && d.is_contiguous() &&
-                  m.is_contiguous() && d.dim() == 2 && m.dim() == 2 && d.size(0) == N && d.size(1) == nb &&
-                  m.size(0) == N && m.size(1) == nb,
-              "q4_1_linear: d and m must be contiguous float16 (N, K/32)");
+  auto blocks = [&](const at::Tensor& t, at::ScalarType dt) {
+    return t.scalar_type() == dt && t.is_contiguous() && t.dim() == 2 && t.size(0) == N && t.size(1) == nb;
+  };
+  TORCH_CHECK(blocks(d, at::kHalf) && (!m || blocks(*m, at::kHalf)), op,
+              ": d (and m) must be contiguous float16 (N, K/32)");
+  TORCH_CHECK(!qh || blocks(*qh, at::kInt), op, ": qh must be contiguous int32 (N, K/32)");
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  QX qx = quantize_x(x.data_ptr<float>(), M, K, true, true);
+  const bool wide = llama_lit::current_isa() == llama_lit::AVX512;
+  QX qx = quantize_x(x.data_ptr<float>(), M, K, true, wide ? 4 : 2);
   const uint8_t* Q = qs.data_ptr<uint8_t>();
+  const uint32_t* H = qh ? (const uint32_t*)qh->data_ptr<int32_t>() : nullptr;
   const uint16_t* D = (const uint16_t*)d.data_ptr<at::Half>();
-  const uint16_t* Mn = (const uint16_t*)m.data_ptr<at::Half>();
+  const uint16_t* Mn = m ? (const uint16_t*)m->data_ptr<at::Half>() : nullptr;
   float* Y = y.data_ptr<float>();
   over_row_tiles(M, N, std::max<int64_t>(1, 16384 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
-    q4_1_rows<decltype(R)::value>(Q + n * (K / 2), D + n * nb, Mn + n * nb, K, qx.q.data() + i * K,
-                                  qx.d.data() + i * nb, qx.s.data() + i * nb, out);
+    constexpr int r = decltype(R)::value;
+    auto rows = wide ? q4_1_rows_512<r, F> : q4_1_rows<r, F>;
+    rows(Q + n * (K / 2), H ? H + n * nb : nullptr, D + n * nb, Mn ? Mn + n * nb : nullptr, K, qx.q.data() + i * K,
+         qx.d.data() + i * nb, qx.s.data() + i * nb, out);
   });
   return y;
+}
+
+at::Tensor q4_1_linear(at::Tensor x, at::Tensor qs, at::Tensor d, at::Tensor m) {
+  return nibble_linear<Q4_1F>("q4_1_linear", x, qs, nullptr, d, &m);
+}
+at::Tensor q5_1_linear(at::Tensor x, at::Tensor qs, at::Tensor qh, at::Tensor d, at::Tensor m) {
+  return nibble_linear<Q5_1F>("q5_1_linear", x, qs, &qh, d, &m);
+}
+at::Tensor q5_0_linear(at::Tensor x, at::Tensor qs, at::Tensor qh, at::Tensor d) {
+  return nibble_linear<Q5_0F>("q5_0_linear", x, qs, &qh, d, nullptr);
 }
 
 // ---- section: q8_0_rows ----
@@ -264,6 +393,53 @@ inline void q8_0_rows(const int8_t* __restrict qs, const uint16_t* __restrict dw
   for (int r = 0; r < R; ++r) out[r] = hsum8(acc[r]);
 }
 
+// ---- section: q8_0_rows_avx512 ----
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+// Q8_0 on 512-bit registers, two blocks per load. vpdpbusd wants one operand unsigned: w + 128 (w XOR 0x80) is,
+// and Σ (w + 128)·y = Σ w·y + 128·Σ y, so each int32 lane starts from -128·(its four y's sum), itself a vpdpbusd
+// of 0x80 bytes by y, once per block pair for all R rows: exact integers, no sign tricks per row.
+// One pair of blocks (or, FULL false, a row's odd last block: half a register) for R rows.
+template <int R, bool FULL>
+__attribute__((always_inline)) inline void q8_0_pair_512(const int8_t* __restrict qs, int64_t K, int64_t b, int p,
+                                                         const int8_t* __restrict qy, const __m512* scl, __m512* acc) {
+  const __m512i off = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+  const __mmask64 bytes = FULL ? ~0ULL : 0xFFFFFFFFULL;
+  const __m512i y = FULL ? _mm512_loadu_si512(qy + b * QK) : _mm512_maskz_loadu_epi8(bytes, qy + b * QK);
+  const __m512i corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, off, y));   // -128·Σ y per lane
+  const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(p),                         // lanes 0-7: block p, 8-15: p+1
+                                       _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+  for (int r = 0; r < R; ++r) {
+    _mm_prefetch((const char*)(qs + (QPF * R + r) * K + b * QK), _MM_HINT_T0);   // one line: this pair's 64 bytes
+    const int8_t* wp = qs + r * K + b * QK;
+    const __m512i wr = FULL ? _mm512_loadu_si512(wp) : _mm512_maskz_loadu_epi8(bytes, wp);
+    const __m512i dot = _mm512_dpbusd_epi32(corr, _mm512_xor_si512(wr, off), y);
+    const __m512 sc = _mm512_permutexvar_ps(idx, scl[r]);
+    acc[r] = FULL ? _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r])
+                  : _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r], 0x00FF);
+  }
+}
+
+template <int R>
+void q8_0_rows_512(const int8_t* __restrict qs, const uint16_t* __restrict dw, int64_t K,
+                   const int8_t* __restrict qy, const float* __restrict dy, float* __restrict out) {
+  const int64_t nb = K / QK;
+  __m512 acc[R], scl[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t c0 = 0; c0 < nb; c0 += 16) {
+    const int cnt = (int)std::min<int64_t>(16, nb - c0);
+    const __mmask16 km = cnt == 16 ? 0xFFFF : (1u << cnt) - 1;
+    const __m512 dy16 = _mm512_maskz_loadu_ps(km, dy + c0);
+    for (int r = 0; r < R; ++r)
+      scl[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, dw + r * nb + c0)), dy16);
+    int p = 0;
+    for (; p + 2 <= cnt; p += 2) q8_0_pair_512<R, true>(qs, K, c0 + p, p, qy, scl, acc);
+    if (p < cnt) q8_0_pair_512<R, false>(qs, K, c0 + p, p, qy, scl, acc);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+#pragma GCC pop_options
+
 // ---- section: q8_0_linear ----
 at::Tensor q8_0_linear(at::Tensor x, at::Tensor qs, at::Tensor d) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
@@ -281,8 +457,10 @@ at::Tensor q8_0_linear(at::Tensor x, at::Tensor qs, at::Tensor d) {
   const int8_t* Q = qs.data_ptr<int8_t>();
   const uint16_t* D = (const uint16_t*)d.data_ptr<at::Half>();
   float* Y = y.data_ptr<float>();
+  const bool wide = llama_lit::current_isa() == llama_lit::AVX512;
   over_row_tiles(M, N, std::max<int64_t>(1, 8192 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
-    q8_0_rows<decltype(R)::value>(Q + n * K, D + n * nb, K, qx.q.data() + i * K, qx.d.data() + i * nb, out);
+    auto rows = wide ? q8_0_rows_512<decltype(R)::value> : q8_0_rows<decltype(R)::value>;
+    rows(Q + n * K, D + n * nb, K, qx.q.data() + i * K, qx.d.data() + i * nb, out);
   });
   return y;
 }
@@ -317,14 +495,54 @@ inline void wf_rows(const W* __restrict w, int64_t K, const float* __restrict x,
   for (int r = 0; r < R; ++r) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
 }
 
+// ---- section: float_rows_avx512 ----
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+// The same with 16 floats per register; K's last 8 (K is a multiple of 8) through the 256-bit load8 above.
+template <typename W> inline __m512 load16(const W* p);
+template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+template <> inline __m512 load16<at::Half>(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+}
+
+template <typename W, int R>
+void wf_rows_512(const W* __restrict w, int64_t K, const float* __restrict x, float* __restrict out) {
+  __m512 acc[R][2];
+  __m256 acc8[R];
+  for (int r = 0; r < R; ++r) { acc[r][0] = acc[r][1] = _mm512_setzero_ps(); acc8[r] = _mm256_setzero_ps(); }
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = _mm512_fmadd_ps(load16(w + r * K + k), x0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(load16(w + r * K + k + 16), x1, acc[r][1]);
+    }
+  }
+  for (; k + 16 <= K; k += 16) {
+    const __m512 x0 = _mm512_loadu_ps(x + k);
+    for (int r = 0; r < R; ++r) acc[r][0] = _mm512_fmadd_ps(load16(w + r * K + k), x0, acc[r][0]);
+  }
+  if (k + 8 <= K) {
+    const __m256 x0 = _mm256_loadu_ps(x + k);
+    for (int r = 0; r < R; ++r) acc8[r] = _mm256_fmadd_ps(load8(w + r * K + k), x0, acc8[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + hsum8(acc8[r]);
+}
+#pragma GCC pop_options
+
+// ---- section: float_linear ----
 template <typename W>
 void wf_linear_impl(const float* X, const W* Wt, float* Y, int64_t M, int64_t N, int64_t K) {
+  const bool wide = llama_lit::current_isa() == llama_lit::AVX512;
   over_row_tiles(M, N, std::max<int64_t>(1, 8192 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
-    wf_rows<W, decltype(R)::value>(Wt + n * K, K, X + i * K, out);
+    auto rows = wide ? wf_rows_512<W, decltype(R)::value> : wf_rows<W, decltype(R)::value>;
+    rows(Wt + n * K, K, X + i * K, out);
   });
 }
 
-// ---- section: float_linear ----
 at::Tensor float_linear(at::Tensor x, at::Tensor w) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
               "float_linear: x must be a contiguous CPU float32 (M, K) tensor");
@@ -366,13 +584,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(at::Tensor x) {
 
 TORCH_LIBRARY(llama_lit, lib) {
   lib.def("q4_1_linear(Tensor x, Tensor qs, Tensor d, Tensor m) -> Tensor");
+  lib.def("q5_0_linear(Tensor x, Tensor qs, Tensor qh, Tensor d) -> Tensor");
+  lib.def("q5_1_linear(Tensor x, Tensor qs, Tensor qh, Tensor d, Tensor m) -> Tensor");
   lib.def("q8_0_linear(Tensor x, Tensor qs, Tensor d) -> Tensor");
   lib.def("float_linear(Tensor x, Tensor w) -> Tensor");
   lib.def("quantize_act(Tensor x) -> (Tensor, Tensor, Tensor)");
+  lib.def("set_isa(int isa) -> int", &set_isa);   // no tensors: a catch-all kernel, not a CPU one
 }
 
 TORCH_LIBRARY_IMPL(llama_lit, CPU, lib) {
   lib.impl("q4_1_linear", &q4_1_linear);
+  lib.impl("q5_0_linear", &q5_0_linear);
+  lib.impl("q5_1_linear", &q5_1_linear);
   lib.impl("q8_0_linear", &q8_0_linear);
   lib.impl("float_linear", &float_linear);
   lib.impl("quantize_act", &quantize_act);
