@@ -287,6 +287,7 @@ class Stamps:
 class NoStop:
     "A tokenizer stand-in for Llama: no EOS can stop a random model early, and pad -1 is never generated."
     eos_id, pad_id, stop_tokens = -1, -1, []
+    n_words = 1 << 30                                   # every id of the model's vocabulary is a token: none masked
 
 
 def llama_lit_runner(llm: Llama, device):

@@ -10,8 +10,12 @@ a multiple of the K-quants' 256-weight super-blocks, so llama.cpp falls back to 
 of its "Q4_K_M" etc.; only the rows that are multiples of 256 (the FFN down matrices, 1536 wide) get K-quants.
 
 For each precision every engine runs in its own process (so its memory is its own), on the same chat prompt (ids from
-llama_lit's tokenizer, fed to both engines), greedy, batch 1. Each speed is the median of --runs runs after a warm-up.
-  prefill tok/s = prompt tokens / time to first token; decode tok/s = (new - 1) / (time of the last token - first).
+llama_lit's tokenizer, fed to both engines), greedy, batch 1. Each speed is the median of --runs runs after a
+warm-up. llama_lit runs with the defaults a user gets (`Llama.build(file, max_seq_len=512, max_batch_size=1)`:
+quant='auto' keeps a quantized file's own bits, float32 on the CPU for the F32 file; --compile adds compile=True;
+engine llama_lit-torch adds kernels=False).
+  prefill tok/s = prompt tokens / time to first token; decode tok/s = (new - 1) / (time of the last token - first);
+  ratio = decode tok/s / llama.cpp's on the same file.
   MBU (model-bandwidth utilisation) = bytes read per decoded token x decode tok/s / read bandwidth, where the bytes
     are the file's own: every matrix of every layer, the output matrix (the tied embedding) and one embedding row,
     as stored (GGUF n_bytes; norms and the KV cache left out), and the bandwidth is measured in this run (a torch
@@ -21,13 +25,16 @@ llama_lit's tokenizer, fed to both engines), greedy, batch 1. Each speed is the 
     whose pages count once touched), against the file's size.
   KL = mean KL(p_ref || p) in nats over every position of --kl-windows windows of --kl-window tokens (no overlap,
     no BOS: each window starts mid-text and its context is its own) of a held-out text, where p_ref is the float32
-    model's next-token distribution (llama_lit at F32, computed first by its own worker); ppl = exp(mean loss) on
+    model's next-token distribution (llama_lit at F32, computed first by its own worker and kept in a temporary
+    file; transformers' F32 model if llama_lit cannot build it; printed as `KL reference:`); ppl = exp(mean loss) on
     the next token at each position but the window's last; top-1 = how often the argmax equals p_ref's.
     The text: chapter 08's first held-out work of the repository's Shakespeare corpus (`llama_lit.training.
-    split_documents`; data/shakespeare/henry_iv_part_1.txt, modern-spelling Gutenberg), held out from this repo's
-    own training. SmolLM2's pretraining data may well contain Shakespeare; that does not matter for the KL to the
-    float32 model, which measures what the rounding costs, not how well the model knows the text.
+    split_documents`; data/shakespeare/henry_iv_part_1.txt from "ACT I" on, modern spelling), held out from this
+    repo's own training. SmolLM2's pretraining data may well contain Shakespeare; that does not matter for the KL to
+    the float32 model, which measures what the rounding costs, not how well the model knows the text.
   greedy 8 = how many of the first 8 greedy tokens equal llama.cpp's at that precision / the float32 reference's.
+On a CPU with AMX, llama.cpp 0.3.36's AMX matmul may segfault (it does on this project's Sapphire-Rapids-class
+machine): --llama-cpp-amx auto probes it and, if the probe dies, runs llama.cpp without AMX (see NO_AMX_C).
 The last lines read `decode ratio vs llama.cpp (Q4_K_M): R` and `decode ratio vs llama.cpp (Q4_1): R`.
 
     bash scripts/bench.sh --gguf                  # sets up llama-cpp-python the first time (a ~10-minute build)
@@ -52,11 +59,10 @@ HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 PRECISIONS = ("f32", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_1", "q4_0")
 SHIPPED = "q4_1"
+ENGINES = ("llama.cpp", "llama_lit", "llama_lit-torch", "transformers")
 LLAMA_CPP_FTYPE = {"f32": "LLAMA_FTYPE_ALL_F32", "bf16": "LLAMA_FTYPE_MOSTLY_BF16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
                    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
                    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
-LLAMA_LIT_MODE = {p: dict(dtype="float32", quant="gguf") for p in PRECISIONS}   # the file's own bits
-LLAMA_LIT_MODE["f32"] = dict(dtype="float32")                                     # the float32 model: the reference
 QUESTION = "Why is the sky blue? Explain it to a child in a few sentences."
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 GREEDY_N = 8
@@ -85,6 +91,8 @@ def parse_args(argv=None):
     bad = [p for p in a.precisions if p not in PRECISIONS]
     if bad: ap.error(f"unknown precision {bad[0]!r}; choose from {', '.join(PRECISIONS)}")
     a.engines = [e for e in a.engines.split(",") if e]
+    bad = [e for e in a.engines if e not in ENGINES]
+    if bad: ap.error(f"unknown engine {bad[0]!r}; choose from {', '.join(ENGINES)}")
     if a.new_tokens < 2: ap.error("--new-tokens must be at least 2")
     if not 2 <= a.kl_window <= 512: ap.error("--kl-window must be in 2..512 (the engines' context here)")
     if a.kl_windows < 0: ap.error("--kl-windows must be ≥ 0")
@@ -326,14 +334,11 @@ def worker_llama_lit(path, precision, prompt, windows, a, kernels=None):
     from generate import llama_lit_runner                     # this folder's other benchmark (sys.path[0] is bench/)
     from llama_lit import Llama
     torch.set_num_threads(a.threads)
-    mode = dict(LLAMA_LIT_MODE[precision])
-    dtype = getattr(torch, mode.pop("dtype"))
     rss0 = _rss()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            llm = Llama.build(path, max_seq_len=512, max_batch_size=1, dtype=dtype, kernels=kernels,
-                              compile=a.compile, **mode)
+            llm = Llama.build(path, max_seq_len=512, max_batch_size=1, kernels=kernels, compile=a.compile)
         except Exception as e:                                # a file type llama_lit cannot build: a row, not a crash
             return dict(error=f"build: {type(e).__name__}: {e}"[:300])
     res = dict(build_rss=_rss() - rss0, holds=lit_holds(llm),
@@ -442,6 +447,10 @@ def prefix_match(a, b) -> int:
     return n
 
 
+def fmt_kl(x: float) -> str:
+    return f"{x:.4f}" if x >= 1e-3 else f"{x:.1e}"
+
+
 # ---- the table ------------------------------------------------------------------------------------------------------
 def print_files(infos):
     print("files (llama.cpp's quantizer from the shipped Q4_1; tensors per ggml type; the matrices a token reads):")
@@ -455,8 +464,8 @@ def print_files(infos):
         if "_k" in p:                                   # what a K-quant name promises and what the file holds
             n_k = sum(v for k, v in f["matrix_types"].items() if k.endswith("_K"))
             n = sum(f["matrix_types"].values())
-            print(f"  {'':7s} only {n_k} of these {n} matrices are K-quants: llama.cpp falls back to Q5_0/Q5_1/Q8_0 "
-                  "for rows whose width (576) is not a multiple of the 256-weight super-block")
+            print(f"  {'':7s} only {n_k} of {n} are K-quants: rows not a multiple of 256 wide fall back to "
+                  "Q5_0/Q5_1/Q8_0")
 
 
 def main(argv=None):
@@ -526,8 +535,7 @@ def main(argv=None):
             ratio = f"{r['decode'] / cpp['decode']:5.2f}" if e != "llama.cpp" and "decode" in cpp else f"{'':5s}"
             mbu = f["bytes_per_token"] * r["decode"] / bw
             rss = f"{r['added_rss'] / 2**20:6.0f} ({r['added_rss'] / f['size']:4.2f}x)"
-            kl = "ref" if r.get("reference") else "-" if "kl" not in r else \
-                f"{r['kl']:.4f}" if r["kl"] >= 1e-3 else f"{r['kl']:.1e}"
+            kl = "ref" if r.get("reference") else fmt_kl(r["kl"]) if "kl" in r else "-"
             top1 = f"{r['top1']:6.1%}" if "top1" in r else "ref" if r.get("reference") else "-"
             ppl = f"{r['ppl']:6.2f}" if "ppl" in r else "-"
             m_cpp = f"{prefix_match(r['tokens'][:g], cpp['tokens'][:g])}/{g}" \
@@ -542,7 +550,8 @@ def main(argv=None):
         if e.startswith("llama_lit") and "holds" in r:
             print(f"{e} {p}: holds {r['holds']}; build +{r['build_rss'] / 2**20:.0f} MiB")
             for w in r.get("warnings", []): print(f"    warning: {w}")
-    print(f"KL reference: {ref_by} at F32" if ref_by else "KL reference: none (no float32 engine gave one)")
+    print(f"KL reference: {ref_by} at F32" if ref_by else "KL reference: none (--kl-windows 0)" if not a.kl_windows
+          else "KL reference: none (no float32 engine gave one; see the errors above)")
     cpp32 = results.get(("llama.cpp", "f32"), {})
     if "kl" in cpp32:
         print(f"sanity: llama.cpp F32 vs the {ref_by} F32 reference: KL {cpp32['kl']:.2e} nats, "
@@ -552,7 +561,7 @@ def main(argv=None):
         ours, theirs = results.get(("llama_lit", p), {}), results.get(("llama.cpp", p), {})
         if "decode" in ours and "decode" in theirs:
             ratios[p] = ours["decode"] / theirs["decode"]
-            kl = f", KL {ours['kl']:.4f} vs {theirs['kl']:.4f}" if "kl" in ours and "kl" in theirs else ""
+            kl = f", KL {fmt_kl(ours['kl'])} vs {fmt_kl(theirs['kl'])}" if "kl" in ours and "kl" in theirs else ""
             print(f"{p}: decode ratio {ratios[p]:.2f}, prefill ratio {ours['prefill'] / theirs['prefill']:.2f} "
                   f"(llama_lit / llama.cpp){kl}")
     hf = results.get(("transformers", "f32"), {})

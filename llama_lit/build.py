@@ -70,7 +70,9 @@ def read_model_params(path) -> dict:
     "Meta params.json fields for a checkpoint in any of the three formats."
     fmt = checkpoint_format(path)
     if fmt == "meta": return read_params(path)
-    if fmt == "hf": return hf_config_to_params(read_json(Path(path) / "config.json", "config.json"))
+    if fmt == "hf":
+        cfg = Path(path) / "config.json"
+        return hf_config_to_params(read_json(cfg, "config.json"), source=str(cfg))   # errors name the file
     return read_gguf_params(path)
 
 def check_model_files(path, args: ModelArgs) -> None:
@@ -227,7 +229,7 @@ class TiedEmbedding(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, the rows of {type(self._output[0]).__name__} output"
 
-# %% ../nbs/12_build.ipynb #32be5751
+# %% ../nbs/12_build.ipynb #895822ac
 def gguf_embedding(t, output, tied: bool, dtype=torch.float32, device="cpu") -> torch.nn.Module | None:
     """The embedding module for GGUF tensor `t` on `device` without a float32 table: a tied model's output blocks, else
     the file's own (BlockEmbedding); None where a plain float table is right (an F32 file, or not on the CPU)."""
@@ -241,7 +243,8 @@ def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16,
                         q8_0: str = "int4x2", kernels: bool = False, device=None) -> tuple[dict, dict, dict]:
     """(params, {key: float tensor} of the norms (and a float embedding) in `dtype`, {module name: module}) of a LLaMA
     GGUF on `device` (None: the CPU): matrices in the bits stored for that device's kernels (QuantLinear; with
-    kernels=True the CPU kernels' modules: chapter 11b's kquant_qlinear), and on the CPU the embedding as `tok_embeddings`, rows from blocks."""
+    kernels=True the CPU kernels' modules, chapter 11b's kquant_qlinear), and on the CPU the embedding as
+    `tok_embeddings`, its rows read from blocks."""
     device = torch.device("cpu" if device is None else device)
     if kernels and device.type != "cpu":
         raise ValueError(f"Llama.build(kernels=True) runs the CPU kernels, not on {device}: use kernels=False "
@@ -313,7 +316,7 @@ def fast_forward(model: Transformer, compile: bool = False, kernels: bool = Fals
     float_kernels(model)
     return FastForward(model, compile=compile, fuse=kernel_fuse, float_linear=cpu_kernels.float_kernel)
 
-# %% ../nbs/12_build.ipynb #1e9480c8
+# %% ../nbs/12_build.ipynb #88a361fb
 def auto_quant(src, fmt: str, mp: int, device) -> str | None:
     """What quant='auto' means: 'gguf' (the file's own bits) for a GGUF whose matrices are stored in fewer than 32
     bits, on one process on the CPU or a GPU; else None (float weights in the model's dtype)."""
@@ -321,7 +324,7 @@ def auto_quant(src, fmt: str, mp: int, device) -> str | None:
     small = [t for t in src.tensors if len(t.shape) == 2 and t.tensor_type != GGMLQuantizationType.F32]
     return "gguf" if small else None
 
-# %% ../nbs/12_build.ipynb #ad6ca07a
+# %% ../nbs/12_build.ipynb #91f4be01
 def return_freed_memory() -> None:
     """Hand the C allocator's free pages back to the OS (glibc's `malloc_trim`; nothing elsewhere): loading and fusing
     rows make transient copies of megabytes whose pages glibc otherwise keeps for reuse, resident."""
@@ -349,7 +352,7 @@ def build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, ma
     tokenizer = Tokenizer(tok_path)
     if max_seq_len is None:                              # the trained context, capped: a CPU-sized KV cache
         max_seq_len = min(512, int(params.get("context_length") or 512))
-    args = ModelArgs.from_params(params, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+    args = ModelArgs.from_params(params, source=str(ckpt_dir), max_seq_len=max_seq_len, max_batch_size=max_batch_size)
     if args.vocab_size <= 0: args.vocab_size = tokenizer.n_words
     if tokenizer.n_words > args.vocab_size:
         raise ValueError(f"the model has vocab_size={args.vocab_size} but the tokenizer {tokenizer.model_path} "

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .assets import smollm2_path
 from .tokenizer import Tokenizer
 from .config import LLAMA_CONFIGS, ModelArgs, count_params
-from .parallel import dist_context, init_model_parallel
+from .parallel import dist_context, init_model_parallel, peer_reported, should_report
 from .attention import kv_cache_bytes
 from .model import Transformer
 from .sampling import check_sampling
@@ -288,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         if _rank0(): print("llama_lit: interrupted", file=sys.stderr, flush=True)
         return 130
     except SystemExit as e:
-        if isinstance(e.code, int) and e.code > 128 and _rank0():
+        if isinstance(e.code, int) and e.code > 128 and _rank0() and not peer_reported():   # else: theirs said why
             print(f"llama_lit: terminated by signal {e.code - 128}", file=sys.stderr, flush=True)
         raise
     except (OSError, ValueError, TypeError, RuntimeError) as e:    # OSError: missing files, permissions, a full disk
-        if _rank0(): print(f"llama_lit: error: {e}{dist_context()}", file=sys.stderr, flush=True)   # once, not per rank
+        if should_report():                 # once: by the first rank to fail, whichever it is
+            print(f"llama_lit: error: {e}{dist_context()}", file=sys.stderr, flush=True)
         return 1
     finally:
         if own_sigterm: signal.signal(signal.SIGTERM, signal.SIG_DFL)

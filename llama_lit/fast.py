@@ -26,7 +26,7 @@ from .model import Transformer
 # %% auto #0
 __all__ = ['weights_read_per_token', 'weight_bytes_per_token', 'decode_bytes_per_step', 'decode_bound', 'rope_tables',
            'apply_rotary_real', 'head_major_cache', 'fast_linears', 'FastForward', 'pair_tables', 'rotate_pairs',
-           'span_ladder']
+           'span_ladder', 'step_guards']
 
 # %% ../nbs/07_fast.ipynb #c8a557e1
 def weights_read_per_token(args: ModelArgs) -> dict[str, tuple]:
@@ -123,7 +123,8 @@ class FastForward(nn.Module):
         self._check(tokens, start_pos)
         bsz, seqlen = tokens.shape
         if seqlen == 1 and self.decode is not None:
-            return self.decode(tokens, torch.tensor([start_pos], device=tokens.device), self.span(start_pos))
+            pos = torch.tensor([start_pos], device=tokens.device)
+            return self.decode(self._embed(tokens), pos, self.span(start_pos))   # the lookup outside the graph
         if seqlen == 1 and self.lean_decode: return self._decode_lean(tokens, start_pos)   # fewer ops, below
         cos, sin = self.cos[start_pos : start_pos + seqlen], self.sin[start_pos : start_pos + seqlen]
         mask = None                                                 # from position 0: is_causal, no mask tensor at all
@@ -144,6 +145,7 @@ class FastForward(nn.Module):
         if self.cos.device != tokens.device:
             self.cos, self.sin, moved = self.cos.to(tokens.device), self.sin.to(tokens.device), True
         if moved: self._mark_static()
+        if moved and self.decode is not None: self.decode = self._compile_decode()   # its graphs hold the old ones
 
     def static_tensors(self) -> list[torch.Tensor]:
         "What a compiled decode step writes in place or reads that keeps its address: every K and V cache, cos, sin."
@@ -305,11 +307,12 @@ def _attend_fused(q, keys, values, mask):
     return out.reshape(bsz, n_heads, 1, hd).type_as(q)
 
 @patch
-def _decode_static(self: FastForward, tokens, pos, span: int):
-    "One fixed-shape decode step, for torch.compile: attends over the first `span` cache rows, masked beyond `pos`."
-    bsz = tokens.shape[0]
+def _decode_static(self: FastForward, h, pos, span: int):
+    """One fixed-shape decode step, for torch.compile: attends over the first `span` cache rows, masked beyond `pos`;
+    h (bsz, 1, dim) the embedded tokens, looked up before the step (an embedding module need not trace)."""
+    bsz = h.shape[0]
     cos, sin = self.cos[pos], self.sin[pos]                     # (1, head_dim/2)
-    mask = (torch.arange(span, device=tokens.device) <= pos)[None, :]    # (1, span)
+    mask = (torch.arange(span, device=h.device) <= pos)[None, :]         # (1, span)
 
     def attention(attn, fast, kc, vc, x):
         q, k, v = self._qkv(attn, fast, x, cos, sin)
@@ -318,7 +321,7 @@ def _decode_static(self: FastForward, tokens, pos, span: int):
         out = _attend_fused(q.transpose(1, 2), kc[:bsz, :, :span], vc[:bsz, :, :span], mask)
         return self._linear(fast["wo"] if "wo" in fast else attn.wo, out.transpose(1, 2).reshape(bsz, 1, -1))
 
-    return self._head(self._blocks(self._embed(tokens), attention))
+    return self._head(self._blocks(h, attention))
 
 # %% ../nbs/07_fast.ipynb #253ab0bd
 @functools.lru_cache
@@ -346,8 +349,15 @@ def _compile_decode(self: FastForward):
     "torch.compile of `_decode_static`, where torch.compile allows it with a budget of its own: every span, batch size."
     p, limit = self.model.params, torch._dynamo.config.recompile_limit
     mode = "reduce-overhead" if self.model.norm.weight.is_cuda else "default"   # on CUDA: replay as a CUDA graph
-    budget = {}
+    budget = dict(mode=mode)
     if "isolate_recompiles" in inspect.signature(torch.compile).parameters:     # torch 2.13
         n_graphs = len(span_ladder(p.max_seq_len, limit)) * p.max_batch_size
-        budget = dict(isolate_recompiles=True, recompile_limit=max(limit, n_graphs))
-    return torch.compile(self._decode_static, dynamic=False, mode=mode, **budget)
+        options = dict(torch._inductor.list_mode_options(mode), guard_filter_fn=step_guards)   # mode's, as options
+        budget = dict(isolate_recompiles=True, recompile_limit=max(limit, n_graphs), options=options)
+    return torch.compile(self._decode_static, dynamic=False, **budget)
+
+# %% ../nbs/07_fast.ipynb #786c63f9
+def step_guards(entries) -> list[bool]:
+    """dynamo `guard_filter_fn` for a compiled decode step: keep the guards on the step's own arguments and the global
+    state, drop those reached through `self` (the built model) or the globals of the code."""
+    return [not (e.is_global or e.name == "self" or e.name.startswith(("self.", "self["))) for e in entries]

@@ -15,6 +15,7 @@ from .core import moved, patch
 from .tokenizer import Tokenizer
 from .model import Transformer
 from .sampling import check_sampling, next_token
+from .parallel import check_same_on_ranks, is_model_parallel
 from .chat import UNSAFE_ERROR, ChatPrediction, Dialog, format_dialog, is_unsafe
 
 # Names that were defined here before, imported so that their old path keeps working for one more release:
@@ -29,7 +30,7 @@ __getattr__ = moved(__name__, {n: "llama_lit.build" for n in (    # and these, t
     "shared_seed")})
 
 # %% auto #0
-__all__ = ['Llama', 'mask_unknown_ids', 'CompletionPrediction', 'IncrementalDecoder']
+__all__ = ['Llama', 'rng_state', 'mask_unknown_ids', 'CompletionPrediction', 'IncrementalDecoder']
 
 # %% ../nbs/05c_generation.ipynb #fc8056cb
 @dataclass
@@ -51,11 +52,35 @@ class Llama:
         self.model, self.tokenizer = model, tokenizer
         self.forward = model if forward is None else forward   # what the loop calls; chapter 07: FastForward(model)
 
+# %% ../nbs/05c_generation.ipynb #f0c4f5d0
+def rng_state(device) -> torch.Tensor | None:
+    "The state of the random generator that sampling on `device` draws from (the CPU's or that GPU's); None elsewhere."
+    device = torch.device(device)
+    if device.type == "cpu": return torch.get_rng_state()
+    if device.type == "cuda": return torch.cuda.get_rng_state(device)
+    return None
+
+@patch
+def _check_ranks_agree(self: Llama, prompt_tokens, max_gen_len, temperature, top_p, logprobs, top_k: int = 0,
+                       repetition_penalty: float = 1.0) -> None:
+    "Under tensor parallelism: refuse, on every rank, a request whose prompts or settings differ between the ranks."
+    if not is_model_parallel(): return                         # one process: nothing to compare, nothing computed
+    lengths = ([len(t) if isinstance(t, (list, tuple)) else None for t in prompt_tokens]
+               if isinstance(prompt_tokens, (list, tuple)) else None)
+    sampled = isinstance(temperature, (int, float)) and temperature > 0      # greedy draws nothing
+    check_same_on_ranks({"prompt lengths": lengths, "prompt token ids": prompt_tokens, "max_gen_len": max_gen_len,
+                         "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                         "repetition_penalty": repetition_penalty, "logprobs": logprobs,
+                         "random state": rng_state(self.model.freqs_cis.device) if sampled else None},
+                        hint=": the same prompts and settings, and the same seed (Llama.build(seed=...) gives every "
+                             "rank rank 0's; do not re-seed one rank)")
+
 # %% ../nbs/05c_generation.ipynb #e54df75c
 @patch
 def _start(self: Llama, prompt_tokens, max_gen_len, temperature, top_p, logprobs, top_k: int = 0,
            repetition_penalty: float = 1.0) -> _Run:
     "Validate a request and lay its prompts out left-aligned in a (bsz, total_len) tensor of pad ids."
+    self._check_ranks_agree(prompt_tokens, max_gen_len, temperature, top_p, logprobs, top_k, repetition_penalty)
     p = self.model.params
     if not prompt_tokens or any(len(t) == 0 for t in prompt_tokens):
         raise ValueError("every prompt needs at least one token (encode with bos=True)")
@@ -182,6 +207,8 @@ def chat_completion(self: Llama, dialogs: list[Dialog], temperature: float = 0.6
     check_sampling(top_k, repetition_penalty)                 # refused even when every dialog is unsafe
     unsafe = [is_unsafe(d, self.tokenizer) for d in dialogs]
     prompts = {i: format_dialog(d, self.tokenizer) for i, d in enumerate(dialogs) if not unsafe[i]}
+    if not prompts:                                           # no generate: still compare with the other ranks'
+        self._check_ranks_agree([], max_gen_len, temperature, top_p, logprobs, top_k, repetition_penalty)
     tokens, lps = (self.generate(list(prompts.values()), max_gen_len, temperature, top_p, logprobs,
                                  top_k=top_k, repetition_penalty=repetition_penalty) if prompts else ([], None))
     gen = dict(zip(prompts, range(len(tokens))))

@@ -17,7 +17,7 @@ from gguf.quants import dequantize
 
 from .assets import SMOLLM2_FILE, smollm2_path
 from .checkpoint import save_checkpoint
-from .config import ModelArgs, ffn_hidden_dim, ffn_sizing, weight_shapes
+from .config import ModelArgs, check_params, ffn_hidden_dim, ffn_sizing, weight_shapes
 from .gguf_file import GGUFFile, GGUFTensor, gguf_value, open_gguf, torch_shape
 from .model import expected_keys
 from .rope import llama3_scale_freqs
@@ -386,6 +386,27 @@ def _check_shapes(name: str, tensors: dict, params: dict) -> None:
         if torch_shape(tensors[n]) != tuple(shape):
             raise ValueError(f"{name}: tensor {n} has shape {torch_shape(tensors[n])} (PyTorch order), "
                              f"expected {tuple(shape)}")
+_GGUF_NAMES = dict(dim="llama.embedding_length", n_layers="llama.block_count", n_heads="llama.attention.head_count",
+                   n_kv_heads="llama.attention.head_count_kv", norm_eps="llama.attention.layer_norm_rms_epsilon",
+                   rope_theta="llama.rope.freq_base", context_length="llama.context_length",
+                   vocab_size="llama.vocab_size")
+
+def _check_raw(name: str, keys: dict, tensors: dict) -> None:
+    """The model's llama.* values as stored (a bool is not a number, NaN not a base) checked by config.check_params
+    naming the GGUF key, and block_count against the layers the tensor table holds, before anything is sized by them."""
+    raw = {f: keys[k] for f, k in _GGUF_NAMES.items() if k in keys and not isinstance(keys[k], list)}
+    hidden = keys.get("llama.feed_forward_length")
+    if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1):
+        raise ValueError(f"{name}: llama.feed_forward_length must be a positive integer, got {hidden!r:.60}")
+    check_params(raw, name, _GGUF_NAMES)
+    layers = {int(n.split(".")[1]) for n in tensors if n.startswith("blk.") and n.split(".")[1].isdigit()}
+    if raw["n_layers"] > len(layers):
+        raise ValueError(f"{name}: llama.block_count={raw['n_layers']} but the file holds tensors for "
+                         f"{len(layers)} layers")
+    shape = torch_shape(tensors["token_embd.weight"]) if "token_embd.weight" in tensors else None
+    if shape is not None and len(shape) != 2:
+        raise ValueError(f"{name}: tensor token_embd.weight has shape {shape}; an embedding needs 2 dimensions")
+
 
 # %% ../nbs/09_gguf.ipynb #5f2e0b10
 def read_gguf_params(path) -> dict:
@@ -401,6 +422,9 @@ def read_gguf_params(path) -> dict:
         return keys[key]
     dim, n_layers = need("llama.embedding_length"), need("llama.block_count")
     n_heads = need("llama.attention.head_count")
+    need("llama.feed_forward_length"); need("llama.attention.layer_norm_rms_epsilon")
+    tensors = {t.name: t for t in reader.tensors}
+    _check_raw(name, keys, tensors)
     n_kv_heads, hidden = keys.get("llama.attention.head_count_kv", n_heads), need("llama.feed_forward_length")
     if isinstance(n_kv_heads, list):
         raise ValueError(f"{name}: per-layer llama.attention.head_count_kv is not supported")
@@ -421,7 +445,6 @@ def read_gguf_params(path) -> dict:
         raise ValueError(f"{name} uses linear RoPE scaling (llama.rope.scale_linear="
                          f"{keys['llama.rope.scale_linear']}); not implemented")
 
-    tensors = {t.name: t for t in reader.tensors}
     extra = sorted(n for n in tensors if n != "rope_freqs.weight" and not _is_llama_tensor(n, n_layers))
     if extra: raise ValueError(f"{name} has tensors llama_lit does not implement (biases? other layers?): {extra[:6]}")
     if "token_embd.weight" not in tensors: raise ValueError(f"{name} has no token_embd.weight tensor")

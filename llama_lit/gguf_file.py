@@ -17,7 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from .core import patch
 
 # %% auto #0
-__all__ = ['GGUFTensor', 'GGUFFile', 'open_gguf', 'gguf_value', 'gguf_metadata', 'torch_shape']
+__all__ = ['MAX_METADATA_KEYS', 'GGUFTensor', 'GGUFFile', 'open_gguf', 'gguf_value', 'gguf_metadata', 'torch_shape']
 
 # %% ../nbs/00_gguf_file.ipynb #7b80ac9f
 _SCALARS = {GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H", GGUFValueType.INT16: "h",
@@ -69,9 +69,15 @@ def value(self: _Cursor, vtype: int):
     if vtype == GGUFValueType.STRING: return self.string(), (vtype,)
     if vtype in _SCALARS: return self.scalars(_SCALARS[vtype])[0], (vtype,)
     etype, count = GGUFValueType(self.u32()), self.u64()            # an array: element type, length, elements
-    if etype == GGUFValueType.STRING: return self.strings(count), (vtype, etype)
+    if etype == GGUFValueType.STRING:
+        if count * 8 > self.end - self.pos:                           # each string needs at least its length
+            raise ValueError(f"an array at byte {self.pos} claims {count} strings; the file has room for at most "
+                             f"{(self.end - self.pos) // 8}")
+        return self.strings(count), (vtype, etype)
     if etype in _SCALARS: return list(self.scalars(_SCALARS[etype], count)), (vtype, etype)
-    return [self.value(etype)[0] for _ in range(count)], (vtype, etype)   # arrays of arrays (unusual)
+    raise ValueError(f"an array at byte {self.pos} holds arrays; GGUF readers (llama.cpp's too) read arrays of "
+                     "strings and numbers only")
+
 
 # %% ../nbs/00_gguf_file.ipynb #b65ef47c
 @dataclass(repr=False)
@@ -122,19 +128,55 @@ def _tensor(data: np.ndarray, start: int, name: str, ne: tuple, ttype: int, offs
 def _read_header(c: _Cursor) -> tuple[int, int, int]:
     "Version, tensor count and metadata count from the cursor at byte 4 (after the magic)."
     version = c.u32()
-    if version & 0xFFFF == 0: raise ValueError("it is a big-endian GGUF file; llama_lit reads little-endian ones")
+    if version not in (2, 3) and int.from_bytes(version.to_bytes(4, "little"), "big") in (2, 3):
+        raise ValueError("it is a big-endian GGUF file; llama_lit reads little-endian ones")
     if version not in (2, 3): raise ValueError(f"it is GGUF version {version}; llama_lit reads versions 2 and 3")
     return version, c.u64(), c.u64()
 
+
 # %% ../nbs/00_gguf_file.ipynb #af0ec94d
+MAX_METADATA_KEYS = 1 << 16        # real files have ~50; a count past this is a corrupt or hostile header
+
 def _read_metadata(c: _Cursor, n_kv: int) -> tuple[dict, dict]:
     "`n_kv` metadata entries from the cursor: {key: value} and {key: its GGUF type(s)}."
+    if n_kv > MAX_METADATA_KEYS or n_kv * 13 > c.end - c.pos:       # an entry is at least 8 + 4 + 1 bytes
+        raise ValueError(f"its header claims {n_kv} metadata entries; llama_lit reads up to {MAX_METADATA_KEYS}, "
+                         f"and the file has room for at most {(c.end - c.pos) // 13}")
     fields, types = {}, {}
     for _ in range(n_kv):
         key, vtype = c.string(), c.u32()
         if key in fields: raise ValueError(f"the metadata key {key} appears twice")
-        fields[key], types[key] = c.value(vtype)
+        try: fields[key], types[key] = c.value(vtype)
+        except ValueError as e: raise ValueError(f"metadata key {key!r}: {e}") from None
     return fields, types
+
+
+# %% ../nbs/00_gguf_file.ipynb #6a1b2c01
+def _tensor_infos(c: _Cursor, n_tensors: int) -> list[tuple]:
+    "The tensor table from the cursor: (name, ne, ggml type, offset) for each tensor, at most 4 dimensions."
+    if n_tensors * 24 > c.end - c.pos:                                # an entry is at least 8 + 4 + 4 + 8 bytes
+        raise ValueError(f"its header claims {n_tensors} tensors; the file has room for at most "
+                         f"{(c.end - c.pos) // 24}")
+    infos = []
+    for _ in range(n_tensors):
+        name, n_dims = c.string(), c.u32()
+        if n_dims > 4: raise ValueError(f"tensor {name} has {n_dims} dimensions; GGUF allows at most 4")
+        ne = c.scalars("Q", n_dims)
+        infos.append((name, ne, c.u32(), c.u64()))                    # name, ne, ggml type, offset
+    return infos
+
+def _check_layout(tensors: list, start: int, alignment: int) -> None:
+    "Each tensor's bytes start at a multiple of `alignment` and no two tensors share bytes (llama.cpp checks both)."
+    end, prev = start, None
+    for t in sorted(tensors, key=lambda t: t.data_offset):
+        if (t.data_offset - start) % alignment:
+            raise ValueError(f"tensor {t.name} starts at data offset {t.data_offset - start}, not a multiple of "
+                             f"general.alignment={alignment}")
+        if t.data_offset < end:
+            raise ValueError(f"tensor {t.name} overlaps tensor {prev} (its bytes start at {t.data_offset}, inside "
+                             f"{prev}'s, which end at {end})")
+        end, prev = t.data_offset + t.n_bytes, t.name
+
 
 # %% ../nbs/00_gguf_file.ipynb #a1e2f3c4
 def _parse_gguf(path: Path) -> GGUFFile:
@@ -143,11 +185,7 @@ def _parse_gguf(path: Path) -> GGUFFile:
     c = _Cursor(m, 4)
     version, n_tensors, n_kv = _read_header(c)
     fields, types = _read_metadata(c, n_kv)
-    infos = []
-    for _ in range(n_tensors):
-        name, n_dims = c.string(), c.u32()
-        ne = c.scalars("Q", n_dims)
-        infos.append((name, ne, c.u32(), c.u64()))                    # name, ne, ggml type, offset
+    infos = _tensor_infos(c, n_tensors)
     alignment = fields.get("general.alignment", 32)
     if "general.alignment" in fields and (types["general.alignment"] != (GGUFValueType.UINT32,) or alignment <= 0
                                           or alignment & (alignment - 1)):
@@ -156,7 +194,9 @@ def _parse_gguf(path: Path) -> GGUFFile:
     data = np.frombuffer(m, np.uint8)
     tensors = [_tensor(data, start, *info) for info in infos]
     if len({t.name for t in tensors}) < len(tensors): raise ValueError("it lists a tensor name twice")
+    _check_layout(tensors, start, alignment)
     return GGUFFile(path, version, fields, types, tensors, alignment, start, data)
+
 
 # %% ../nbs/00_gguf_file.ipynb #2b069eeb
 def _from_reader(r: GGUFReader) -> GGUFFile:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import io
 import os
 
@@ -17,7 +18,8 @@ import fairscale.nn.model_parallel.initialize as fs_init
 
 # %% auto #0
 __all__ = ['dist_timeout', 'dist_context', 'local_cuda_device', 'init_model_parallel', 'model_parallel_size', 'linear_init',
-           'no_weight_init', 'meta_init']
+           'no_weight_init', 'meta_init', 'is_model_parallel', 'digest', 'differing', 'model_parallel_digests',
+           'check_same_on_ranks', 'replicated_tensors', 'check_replicated', 'should_report', 'peer_reported']
 
 # %% ../nbs/03b_parallel.ipynb #11fc6d9f
 def dist_timeout() -> float:
@@ -123,3 +125,96 @@ def meta_init():
     try:
         with torch.device("meta"), no_weight_init(): yield
     finally: fs_layers.torch = torch
+
+# %% ../nbs/03b_parallel.ipynb #0a3a6361
+def is_model_parallel() -> bool:
+    "Whether this process is one of several model-parallel ranks (the group set up, with more than one process)."
+    if not (dist.is_initialized() and fs_init.model_parallel_is_initialized()): return False
+    return fs_init.get_model_parallel_world_size() > 1
+
+def digest(value) -> int:
+    "A 63-bit digest of a tensor's dtype, shape and bytes, else of the value's `repr`: equal for equal values."
+    h = hashlib.blake2b(digest_size=8)
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else: h.update(repr(value).encode())
+    return int.from_bytes(h.digest(), "little") >> 1          # fits an int64
+
+def differing(digests: torch.Tensor, names: list[str]) -> list[tuple[str, list[int]]]:
+    "For (world, len(names)) digests: each name whose ranks disagree, with the ranks that differ from rank 0."
+    odd = digests != digests[0]                                 # (world, n)
+    return [(n, odd[:, k].nonzero().flatten().tolist()) for k, n in enumerate(names) if odd[:, k].any()]
+
+def model_parallel_digests(values: list[int]) -> torch.Tensor | None:
+    "(world, len(values)) int64: every model-parallel rank's `values` (one all_gather); None on one process."
+    if not is_model_parallel(): return None
+    world = fs_init.get_model_parallel_world_size()
+    mine = torch.tensor(values, dtype=torch.long)               # on the CPU: gloo, also beside NCCL
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=fs_init.get_model_parallel_group())
+    return torch.stack(every)
+
+def check_same_on_ranks(what: dict, hint: str = "") -> None:
+    """Raise the same ValueError on every model-parallel rank when its ranks hold different values for a key of
+    `what` (every rank must pass the same keys); nothing on one process."""
+    if not is_model_parallel(): return                         # one process: no digest computed
+    every = model_parallel_digests([digest(v) for v in what.values()])
+    if bad := differing(every, list(what)):
+        parts = "; ".join(f"{n} (rank{'s' * (len(r) > 1)} {', '.join(map(str, r))} vs rank 0)" for n, r in bad)
+        raise ValueError(f"the model-parallel ranks were given different {parts}: tensor-parallel ranks must all "
+                         f"run the same request{hint}")
+
+# %% ../nbs/03b_parallel.ipynb #1f41c1c0
+def replicated_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    "`model`'s parameters that every model-parallel rank holds whole (those fairscale's parallel layers do not split)."
+    from fairscale.nn.model_parallel.layers import (ColumnParallelLinear, ParallelEmbedding, RowParallelLinear,
+                                                    VocabParallelEmbedding)
+    split = (ColumnParallelLinear, RowParallelLinear, ParallelEmbedding, VocabParallelEmbedding)
+    out = {}
+    for mname, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            whole = not isinstance(m, split) or (isinstance(m, RowParallelLinear) and pname == "bias")
+            if whole and not p.is_meta: out[f"{mname}.{pname}" if mname else pname] = p
+    return out
+
+def check_replicated(model: nn.Module) -> None:
+    """Raise ValueError (on every rank) naming the first replicated tensor (a norm weight, ...) whose copies differ
+    between the model-parallel ranks: one all_gather of one digest per tensor; nothing on one process."""
+    if not is_model_parallel(): return
+    tensors = replicated_tensors(model)
+    every = model_parallel_digests([digest(t) for t in tensors.values()])
+    if every is not None and (bad := differing(every, list(tensors))):
+        name, ranks = bad[0]
+        raise ValueError(f"{name} differs between model-parallel ranks 0 and {ranks[0]} ({len(bad)} replicated "
+                         f"tensor(s) differ): every checkpoint shard must hold the same copy of each tensor that is "
+                         "not split; re-shard the checkpoint from one source")
+
+# %% ../nbs/03b_parallel.ipynb #7753f3d5
+def _error_store():
+    "(store, key) for this torchrun's error count, or (None, '') outside torchrun or when its store cannot be reached."
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" not in env or "MASTER_PORT" not in env: return None, ""
+    try:
+        store = dist.TCPStore(env.get("MASTER_ADDR", "localhost"), int(env["MASTER_PORT"]), is_master=False,
+                              timeout=datetime.timedelta(seconds=5))
+    except Exception: return None, ""                           # noqa: BLE001 (reporting must never raise)
+    return store, f"llama_lit/errors/{env['TORCHELASTIC_RUN_ID']}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+def should_report(message: str = "") -> bool:
+    """Whether this process prints the error that ends it: always on one process; under torchrun the first rank to
+    fail, whichever it is (the others' errors are the same one, or the collectives it left hanging)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1: return True
+    store, key = _error_store()
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    if store is None: return rank0                              # not torchrun's store: rank 0 speaks for all
+    try: return store.add(key, 1) == 1
+    except Exception: return rank0                              # noqa: BLE001
+
+def peer_reported() -> bool:
+    "Whether a rank of this torchrun has reported an error (this one is being stopped because of it)."
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1: return False
+    store, key = _error_store()
+    try: return store is not None and store.add(key, 0) > 0
+    except Exception: return False                              # noqa: BLE001

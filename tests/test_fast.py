@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class NoStop:
-    eos_id, pad_id, stop_tokens = -1, -1, []
+    eos_id, pad_id, stop_tokens, n_words = -1, -1, [], 1 << 30   # n_words: every row of the logits is a token
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -146,14 +146,14 @@ def test_compiled_step_mutates_only_static_inputs():
     step = torch.compile(ff._decode_static, backend=backend, dynamic=False)
     with torch.inference_mode():
         ff(torch.tensor([[1, 2, 3], [4, 5, 6]]), 0)
-        step(torch.tensor([[7], [8]]), torch.tensor([3]), 32)
+        step(ff._embed(torch.tensor([[7], [8]])), torch.tensor([3]), 32)
     assert len(graphs) == 1                                            # one graph, no break
     inputs = list(graphs[0].graph.find_nodes(op="placeholder"))
     mutated = [n for n in inputs if any(u.target is operator.setitem and u.args[0] is n for u in n.users)]
     assert len(mutated) == 2 * m.params.n_layers                       # every layer's K and V cache, written in place
     static = {n.name for n in inputs if n.meta.get("tensor_dict", {}).get("_dynamo_static_input_type")}
     assert all(n.name in static for n in mutated)
-    assert {n.name for n in inputs} - static == {"l_tokens_", "l_pos_"}   # only the step's own inputs get copied
+    assert {n.name for n in inputs} - static == {"l_h_", "l_pos_"}   # only the step's own inputs get copied
 
 
 def tiny_long(max_seq_len, max_batch_size=1):
@@ -206,5 +206,76 @@ def test_compiled_decode_compiles_every_span_and_batch_size(monkeypatch):
             b = FastForward(m, compile=True)                            # a second model's graphs do not push a's out
             for p in [0] + starts: b(torch.tensor([[1]]), p)
             assert len(graphs) == 2 * n_spans + 1
+    finally:
+        torch._dynamo.reset()
+
+
+def test_lean_decode_step_gives_the_old_steps_logits_on_the_shipped_model():
+    "The one-token step with fewer ops (2-D activations, RoPE on q|k at once) against the step it replaces."
+    from fastcore.test import test_close
+    llm = Llama.build()                                                # the shipped model, as the CLI builds it
+    lean = llm.forward
+    old = FastForward(llm.model, lean_decode=False)
+    old.linears, old.output = lean.linears, lean.output                # the same (fused, kernel) modules
+    assert lean.lean_decode and not old.lean_decode
+    ids = torch.tensor(llm.tokenizer.encode("ROMEO: O", bos=True, eos=False))[None].repeat(2, 1)   # (2, seqlen)
+    with torch.inference_mode():
+        lean(ids, 0)
+        tok = ids[:, -1:]
+        for pos in range(ids.shape[1], ids.shape[1] + 6):               # each writes the same cache rows
+            a, b = old(tok, pos), lean(tok, pos)
+            assert b.shape == a.shape == (2, 1, llm.model.params.vocab_size)
+            test_close(b, a, eps=1e-4)
+            tok = a[:, -1].argmax(-1, keepdim=True)
+    off = FastForward(llm.model, sdpa=False)                           # an earlier step turned off: no lean step
+    assert not off.lean_decode
+
+
+def test_an_embedding_module_without_a_table_is_called():
+    "What chapter 12 swaps in for a quantized file: forward(ids) -> rows, no `.weight` (here: rows of the table)."
+    m = small_model()
+    class Rows(torch.nn.Module):
+        def __init__(self, table):
+            super().__init__()
+            self.table, self.calls = table.detach().clone(), 0
+        def forward(self, ids):
+            self.calls += 1; return self.table[ids]
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with torch.inference_mode():
+        ff = FastForward(m)
+        ref = [ff(ids, 0), ff(ids[:, :1], 3)]
+        m.tok_embeddings = Rows(m.tok_embeddings.weight)
+        ff = FastForward(m)
+        out = [ff(ids, 0), ff(ids[:, :1], 3)]                           # prefill and a lean decode step
+    assert m.tok_embeddings.calls == 2 and all(torch.equal(a, b) for a, b in zip(out, ref))
+
+
+def test_compiled_step_keeps_only_its_own_guards_and_compiles_anew_after_a_move(monkeypatch):
+    "Positions inside one span reuse one graph; a move of the model (new caches) gets a new compiled step, right again."
+    import functools
+    from llama_lit.fast import step_guards
+    graphs, filters, real = [], [], torch.compile
+    def backend(gm, example_inputs):
+        graphs.append(gm); return gm
+    @functools.wraps(real)
+    def recording_compile(fn, **kw):
+        filters.append(kw["options"]["guard_filter_fn"])
+        return real(fn, **{**kw, "backend": backend, "mode": None, "options": {"guard_filter_fn": step_guards}})
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    torch._dynamo.reset()
+    m = small_model()
+    try:
+        with torch.inference_mode():
+            a, ref = FastForward(m, compile=True), FastForward(m)
+            assert filters == [step_guards]
+            a(torch.tensor([[1, 2, 3]]), 0)
+            for p in range(3, 12): a(torch.tensor([[p]]), p)             # one span (32 rows): one graph
+            assert len(graphs) == 1
+            m.double()                                                  # new caches: the old graph must not run
+            out = a(torch.tensor([[5]]), 12)
+            assert len(filters) == 2 and len(graphs) == 2 and out.dtype == torch.float32
+            ref(torch.tensor([[1, 2, 3]]), 0)
+            for p in range(3, 12): ref(torch.tensor([[p]]), p)
+            torch.testing.assert_close(out, ref(torch.tensor([[5]]), 12).float(), rtol=1e-4, atol=1e-4)
     finally:
         torch._dynamo.reset()
