@@ -21,7 +21,7 @@ from .core import patch_to
 from .assets import default_checkpoint_dir
 from .tokenizer import Tokenizer, find_tokenizer
 from .config import ModelArgs
-from .parallel import init_model_parallel, meta_init
+from .parallel import check_replicated, init_model_parallel, meta_init
 from .attention import kv_cache_bytes
 from .model import Transformer, expected_keys, materialize_buffers, tie_state_dict
 from .generation import Llama
@@ -379,6 +379,7 @@ def build(ckpt_dir=None, tokenizer_path=None, max_seq_len: int | None = None, ma
         head = "int8" if quant == "int4" else None         # 6. packed on the weights' device, for its kernels
         if quant is not None and kernels: quantize_for_kernels(model, quant, head=head)
         elif quant is not None: quantize_model(model, quant, head=head)
+    check_replicated(model)                                # tensor-parallel ranks hold the same norms, or a clear error
     model.load_seconds = time.perf_counter() - t0
     forward = fast_forward(model, compile, kernels) if fast else None   # 7. the fast path; fast=False: ch. 03-05's
     return_freed_memory()                                  # the copies fusing rows made and let go

@@ -113,7 +113,7 @@ class FastForward(nn.Module):
         self.output = _float_module(model.output, float_linear)     # None: the model's own output matrix
         self.caches = [head_major_cache(layer.attention) for layer in model.layers]
         self.cos, self.sin = rope_tables(model.freqs_cis)
-        self._mark_static()
+        if compile: self._mark_static()                             # for the compiled step only (imports dynamo)
         self.lean_decode = lean_decode and self.plain_linear and sdpa and fused_norm   # one process, every step above
         self.decode = self._compile_decode() if compile else None   # defined with the decode step, below
 
@@ -144,8 +144,9 @@ class FastForward(nn.Module):
         if moved: self.caches = [head_major_cache(layer.attention) for layer in self.model.layers]
         if self.cos.device != tokens.device:
             self.cos, self.sin, moved = self.cos.to(tokens.device), self.sin.to(tokens.device), True
-        if moved: self._mark_static()
-        if moved and self.decode is not None: self.decode = self._compile_decode()   # its graphs hold the old ones
+        if moved and self.decode is not None:                       # its graphs hold the old tensors
+            self._mark_static()
+            self.decode = self._compile_decode()
 
     def static_tensors(self) -> list[torch.Tensor]:
         "What a compiled decode step writes in place or reads that keeps its address: every K and V cache, cos, sin."

@@ -24,11 +24,11 @@ from .rope import llama3_scale_freqs
 from .tokenizer import Tokenizer, save_tokenizer_files
 
 # %% auto #0
-__all__ = ['BLOCK_DTYPES', 'FLOAT_TYPES', 'SUPPORTED_TYPES', 'TORCH_DEQUANTIZERS', 'ROW_TYPES', 'gguf_blocks', 'unpack_nibbles',
-           'pack_nibbles', 'gguf_block_bytes', 'unpack_planes', 'unpack_scale_min_k4', 'pack_scale_min_k4',
-           'float_tensor', 'dequantize_tensor', 'dequantize_rows', 'BlockEmbedding', 'gguf_to_meta_name',
-           'read_gguf_params', 'llama3_rope_divisors', 'rope_scaling_from_divisors', 'load_gguf', 'convert_from_gguf',
-           'gguf_slice', 'dequantize_shard']
+__all__ = ['BLOCK_DTYPES', 'FLOAT_TYPES', 'SUPPORTED_TYPES', 'TORCH_DEQUANTIZERS', 'ROW_TYPES', 'check_block_scales',
+           'gguf_blocks', 'unpack_nibbles', 'pack_nibbles', 'gguf_block_bytes', 'unpack_planes', 'unpack_scale_min_k4',
+           'pack_scale_min_k4', 'float_tensor', 'dequantize_tensor', 'dequantize_rows', 'BlockEmbedding',
+           'gguf_to_meta_name', 'read_gguf_params', 'llama3_rope_divisors', 'rope_scaling_from_divisors', 'load_gguf',
+           'convert_from_gguf', 'gguf_slice', 'dequantize_shard']
 
 # %% ../nbs/09_gguf.ipynb #8bd6cd64
 _Q = GGMLQuantizationType
@@ -65,7 +65,18 @@ def _block_records(t, shape=None, qtype=None) -> np.ndarray:
     if raw.size != math.prod(shape) // bs * block.itemsize:
         raise ValueError(f"{qtype.name}: {raw.size} bytes cannot hold shape {shape} ({block.itemsize} bytes per {bs} "
                          "weights)")
-    return raw.view(block).reshape(*shape[:-1], shape[-1] // bs)
+    records = raw.view(block).reshape(*shape[:-1], shape[-1] // bs)
+    check_block_scales(records, getattr(t, "name", f"a {qtype.name} tensor"))
+    return records
+
+def check_block_scales(records: np.ndarray, name: str) -> None:
+    """ValueError naming tensor `name` if a float16 scale (d; m or dmin) of its BLOCK_DTYPES `records` is NaN or
+    infinite: a vectorized isfinite over the scale fields only, never a dequantization."""
+    for k in records.dtype.names:
+        if records.dtype[k] == np.float16 and not np.isfinite(records[k]).all():
+            bad = np.argwhere(~np.isfinite(records[k]))[0].tolist()
+            raise ValueError(f"tensor {name}: its block scale {k} at block {bad} is {records[k][tuple(bad)]}; "
+                             "the file is corrupt (a NaN or infinite scale makes every output garbage)")
 
 def gguf_blocks(t, shape=None, qtype=None) -> dict[str, torch.Tensor]:
     """The fields of a block-quantized tensor (a type of BLOCK_DTYPES): `t` a GGUF tensor, or raw bytes with their
@@ -178,7 +189,10 @@ def float_tensor(t) -> torch.Tensor:
     dtype = FLOAT_TYPES[t.tensor_type]
     raw = np.ascontiguousarray(np.asarray(t.data)).view(np.uint8)
     raw = raw.view({torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}[dtype])
-    return torch.from_numpy(raw.reshape(torch_shape(t)).copy()).view(dtype)
+    out = torch.from_numpy(raw.reshape(torch_shape(t)).copy()).view(dtype)
+    if not torch.isfinite(out).all():
+        raise ValueError(f"tensor {t.name} holds NaN or infinite values; the file is corrupt")
+    return out
 
 # %% ../nbs/09_gguf.ipynb #5f2e0b05
 SUPPORTED_TYPES = tuple(GGMLQuantizationType[n] for n in
@@ -292,6 +306,8 @@ class BlockEmbedding(nn.Module):
         shape = torch_shape(t)
         if len(shape) != 2: raise ValueError(f"{t.name} has shape {shape}; an embedding table has 2 dimensions")
         raw = np.asarray(t.data).view(np.uint8).reshape(shape[0], -1)
+        if t.tensor_type in BLOCK_DTYPES: _block_records(t)                # NaN/inf scales refused, naming t
+        elif t.tensor_type in FLOAT_TYPES: float_tensor(t)                 # which refuses NaN/inf values
         return cls(torch.from_numpy(raw.copy()), t.tensor_type, shape[1], dtype)
 
     @property

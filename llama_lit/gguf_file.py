@@ -71,8 +71,8 @@ def value(self: _Cursor, vtype: int):
     etype, count = GGUFValueType(self.u32()), self.u64()            # an array: element type, length, elements
     if etype == GGUFValueType.STRING:
         if count * 8 > self.end - self.pos:                           # each string needs at least its length
-            raise ValueError(f"an array at byte {self.pos} claims {count} strings; the file has room for at most "
-                             f"{(self.end - self.pos) // 8}")
+            raise ValueError(f"an array at byte {self.pos} claims {count} strings, which needs {count * 8} bytes or "
+                             f"more; the file has room for at most {(self.end - self.pos) // 8}")
         return self.strings(count), (vtype, etype)
     if etype in _SCALARS: return list(self.scalars(_SCALARS[etype], count)), (vtype, etype)
     raise ValueError(f"an array at byte {self.pos} holds arrays; GGUF readers (llama.cpp's too) read arrays of "

@@ -22,12 +22,12 @@ from .assets import PKG_DIR
 from .core import patch
 from .gguf_file import torch_shape
 from .gguf import FLOAT_TYPES, dequantize_tensor, float_tensor     # chapter 09's codec: floats, blocks
-from .gguf import gguf_blocks, pack_nibbles, unpack_nibbles
+from .gguf import check_block_scales, gguf_blocks, pack_nibbles, unpack_nibbles
 from .quant import PackedWeights, quantize_int4, quantize_q8_0   # .nbytes and .to(); the quantizers
 
 # %% auto #0
-__all__ = ['QK', 'CSRC_DIR', 'KERNEL_SOURCES', 'CHAPTER_CPP', 'ISAS', 'quantize_activations', 'reference_q4_1_linear',
-           'reference_q8_0_linear', 'reference_block_linear', 'cpp_sections', 'cpp_section',
+__all__ = ['QK', 'CSRC_DIR', 'KERNEL_SOURCES', 'CHAPTER_CPP', 'ISAS', 'BUILD_WAIT_S', 'quantize_activations',
+           'reference_q4_1_linear', 'reference_q8_0_linear', 'reference_block_linear', 'cpp_sections', 'cpp_section',
            'kernels_unavailable_reason', 'kernel_build_dir', 'cpu_isas', 'default_isa', 'kernel_isa', 'set_kernel_isa',
            'load_kernels', 'kernels_available', 'q4_1_linear', 'q8_0_linear', 'float_linear', 'q5_0_linear',
            'q5_1_linear', 'q4_1_fields', 'split_q4_1_blocks', 'split_q4_0_blocks', 'split_q8_0_blocks', 'q5_blocks',
@@ -178,6 +178,28 @@ def set_kernel_isa(name: str) -> str:
     load_kernels()
     return ISAS[torch.ops.llama_lit.set_isa(ISAS.index(_check_isa(name, cpu_isas(), "set_kernel_isa")))]
 
+# %% ../nbs/11_kernels.ipynb #b7f1a2c3
+BUILD_WAIT_S = 600      # how long a process waits for another one's kernel build before it gives up
+
+def _build_lock(build: Path, wait_s: float | None = None):
+    """Our own lock on `build` (an flock: the kernel drops it when its holder dies, even by SIGKILL), held while torch
+    builds there. Holding it, no other llama_lit build runs, so a torch `lock` file left there is stale: removed
+    (torch would wait for it forever). RuntimeError after `wait_s` seconds of another process building."""
+    import fcntl, time
+    f = (build / "llama_lit.build.lock").open("a")
+    deadline = time.monotonic() + (BUILD_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                f.close()
+                raise RuntimeError(f"another process has been building the kernels in {build} for over "
+                                   f"{BUILD_WAIT_S} s; wait for it, or run with --kernels off") from None
+            time.sleep(0.2)
+    (build / "lock").unlink(missing_ok=True)                           # torch's baton of a build that was killed
+    return f                                                           # closing it releases the lock
+
+
 # %% ../nbs/11_kernels.ipynb #c1eb8a1d
 def load_kernels() -> None:
     "Compile (the first time: seconds; then cached on disk) and load the kernels as torch.ops.llama_lit.*, or say why."
@@ -206,9 +228,10 @@ def _compile() -> None:
     if not any(build.glob(f"{name}*.so")):
         print("llama_lit: compiling the CPU kernels (once per version; some seconds)...", file=sys.stderr, flush=True)
     build.mkdir(parents=True, exist_ok=True)
-    load(name, sources=[str(p) for p in KERNEL_SOURCES], extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"],
-         extra_include_paths=[str(CSRC_DIR)],                          # isa.h, also for a copy compiled elsewhere
-         build_directory=str(build), is_python_module=False, verbose=False)   # -fopenmp: at::parallel_for's `omp`
+    with _build_lock(build):                                           # never torch's stale lock of a killed build
+        load(name, sources=[str(p) for p in KERNEL_SOURCES], extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"],
+             extra_include_paths=[str(CSRC_DIR)],                     # isa.h, also for a copy compiled elsewhere
+             build_directory=str(build), is_python_module=False, verbose=False)   # -fopenmp: at::parallel_for's `omp`
     for op in ("q4_1_linear", "q5_0_linear", "q5_1_linear", "q8_0_linear", "float_linear"):
         torch.library.register_fake(f"llama_lit::{op}")(_fake_linear)  # shapes for torch.compile
 
@@ -227,44 +250,58 @@ def _check_x(op: str, x: torch.Tensor, K: int) -> torch.Tensor:
     if x.device.type != "cpu": raise ValueError(f"{op}: the kernels run on the CPU; x is on {x.device}")
     return x.float().contiguous()
 
+def _check_weight(op: str, name: str, t, dtypes: tuple, shape=None) -> None:
+    """A weight field the C++ reads through its pointer: a 2-D tensor of `dtypes` (and `shape`), on the CPU, with
+    memory of its own laid out row after row (a meta tensor has none; a strided or expanded view is another layout)."""
+    if not isinstance(t, torch.Tensor): raise ValueError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    want = f"{'/'.join(str(d).removeprefix('torch.') for d in dtypes)} of shape {tuple(shape) if shape else '(N, K)'}"
+    if t.dtype not in dtypes or t.dim() != 2 or (shape is not None and tuple(t.shape) != tuple(shape)):
+        raise ValueError(f"{op}: {name} must be {want}, got {t.dtype} {tuple(t.shape)}")
+    if t.device.type != "cpu": raise ValueError(f"{op}: the kernels run on the CPU; {name} is on {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{op}: {name} must be contiguous (a strided or expanded view): pass {name}.contiguous()")
+
+def _check_qs(op: str, qs, dtype, per_byte: int) -> tuple[int, int]:
+    "(N, K) of a weight's codes `qs` (N, K/per_byte), K a positive multiple of 32."
+    _check_weight(op, "qs", qs, (dtype,))
+    N, K = qs.shape[0], per_byte * qs.shape[1]
+    if K == 0 or K % QK: raise ValueError(f"{op}: qs must be (N, K/{per_byte}) with K a positive multiple of 32, "
+                                          f"got {tuple(qs.shape)}")
+    return N, K
+
 def _check_blocks(op: str, name: str, t: torch.Tensor, dtype, shape) -> None:
-    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{op}: {name} must be {dtype} of shape {tuple(shape)}, got {t.dtype} {tuple(t.shape)}")
+    _check_weight(op, name, t, (dtype,), shape)
 
 def q4_1_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     "x (M, K) · Wᵀ for W in Q4_1 blocks: qs (N, K/2) uint8, d and m (N, K/32) float16; float32 (M, N)."
     load_kernels()
-    N, K = qs.shape[0], 2 * qs.shape[1]
-    if qs.dim() != 2 or qs.dtype != torch.uint8 or K % QK:
-        raise ValueError(f"q4_1_linear: qs must be uint8 (N, K/2) with K a multiple of 32, "
-                         f"got {qs.dtype} {tuple(qs.shape)}")
+    N, K = _check_qs("q4_1_linear", qs, torch.uint8, 2)
     for name, t in (("d", d), ("m", m)): _check_blocks("q4_1_linear", name, t, torch.float16, (N, K // QK))
     return torch.ops.llama_lit.q4_1_linear(_check_x("q4_1_linear", x, K), qs, d, m)
 
 def q8_0_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     "x (M, K) · Wᵀ for W in Q8_0 blocks: qs (N, K) int8, d (N, K/32) float16; float32 (M, N)."
     load_kernels()
-    if qs.dim() != 2 or qs.dtype != torch.int8 or qs.shape[1] % QK:
-        raise ValueError(f"q8_0_linear: qs must be int8 (N, K) with K a multiple of 32, "
-                         f"got {qs.dtype} {tuple(qs.shape)}")
-    N, K = qs.shape
+    N, K = _check_qs("q8_0_linear", qs, torch.int8, 1)
     _check_blocks("q8_0_linear", "d", d, torch.float16, (N, K // QK))
     return torch.ops.llama_lit.q8_0_linear(_check_x("q8_0_linear", x, K), qs, d)
 
 def float_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     "x (M, K) · wᵀ for w (N, K) in float32, bfloat16 or float16, float32 accumulation; float32 (M, N)."
     load_kernels()
-    if w.dim() != 2 or w.dtype not in (torch.float32, torch.bfloat16, torch.float16) or w.shape[1] % 8:
-        raise ValueError(f"float_linear: w must be float32/bfloat16/float16 (N, K), K a multiple of 8; "
-                         f"got {w.dtype} {tuple(w.shape)}")
-    return torch.ops.llama_lit.float_linear(_check_x("float_linear", x, w.shape[1]), w.contiguous())
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.shape[1] % 8 or w.shape[1] == 0:
+        got = f"{w.dtype} {tuple(w.shape)}" if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"float_linear: w must be float32/bfloat16/float16 (N, K), K a positive multiple of 8; "
+                         f"got {got}")
+    w = w.contiguous()                                                  # a view of a float matrix: copied, as before
+    _check_weight("float_linear", "w", w, (torch.float32, torch.bfloat16, torch.float16))
+    return torch.ops.llama_lit.float_linear(_check_x("float_linear", x, w.shape[1]), w)
+
 
 # %% ../nbs/11_kernels.ipynb #b1a0c020
 def _check_q5(op: str, qs, qh, d, m=None) -> int:
     "K of a Q5 matrix's fields (ValueError naming the layout if they do not fit together)."
-    N, K = qs.shape[0], 2 * qs.shape[1]
-    if qs.dim() != 2 or qs.dtype != torch.uint8 or K % QK:
-        raise ValueError(f"{op}: qs must be uint8 (N, K/2) with K a multiple of 32, got {qs.dtype} {tuple(qs.shape)}")
+    N, K = _check_qs(op, qs, torch.uint8, 2)
     _check_blocks(op, "qh", qh, torch.int32, (N, K // QK))
     for name, t in (("d", d), ("m", m)):
         if t is not None: _check_blocks(op, name, t, torch.float16, (N, K // QK))
@@ -280,7 +317,7 @@ def q5_1_linear(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor, d: torch.Te
     "x (M, K) · Wᵀ for W in Q5_1 blocks: qs, qh as Q5_0's, d and m (N, K/32) float16."
     load_kernels()
     K = _check_q5("q5_1_linear", qs, qh, d, m)
-    return torch.ops.llama_lit.q5_1_linear(_check_x("q5_1_linear", x, K), qs, qh, d, m)
+
 
 # %% ../nbs/11_kernels.ipynb #8e8e65d7
 def q4_1_fields(blocks: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -288,7 +325,8 @@ def q4_1_fields(blocks: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     if "m" in blocks: return blocks["qs"], blocks["d"], blocks["m"]
     m = blocks["d"] * -8                                          # a power of two: no rounding, unless it overflows
     if not torch.isfinite(m).all():
-        raise ValueError("a Q4_0 scale times 8 overflows float16; load this file with Llama.build(..., kernels=False)")
+        raise ValueError("a Q4_0 scale times 8 overflows float16 in the CPU kernels' Q4_1 form; run this file with "
+                         "--kernels off (in Python: Llama.build(..., kernels=False))")
     return blocks["qs"], blocks["d"], m
 
 def split_q4_1_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -310,6 +348,7 @@ _Q5_BLOCKS = {GGMLQuantizationType.Q5_0: np.dtype([("d", "<f2"), ("qh", "<u4"), 
 def q5_blocks(t, shape=None, qtype=None) -> dict[str, torch.Tensor]:
     """The fields of a Q5_0/Q5_1 tensor (or raw bytes with their `shape` and `qtype`), bits as stored: qs (N, K/2)
     uint8 nibbles (Q4's order), qh (N, K/32) int32 (bit j: the fifth bit of weight j), d (and m) (N, K/32) f16."""
+    name = getattr(t, "name", None)
     if hasattr(t, "tensor_type"): t, shape, qtype = t.data, torch_shape(t), t.tensor_type
     qtype = GGMLQuantizationType(qtype)
     if qtype not in _Q5_BLOCKS or shape is None or len(shape) != 2 or shape[1] % QK:
@@ -319,6 +358,7 @@ def q5_blocks(t, shape=None, qtype=None) -> dict[str, torch.Tensor]:
     if raw.size != shape[0] * shape[1] // QK * block.itemsize:
         raise ValueError(f"q5_blocks: {raw.size} bytes cannot hold a {qtype.name} matrix of shape {tuple(shape)}")
     b = raw.view(block).reshape(shape[0], shape[1] // QK)
+    check_block_scales(b, name or f"a {qtype.name} tensor")             # no NaN/inf d or m
     f = {k: torch.from_numpy(b[k].copy().view(np.int32) if k == "qh" else b[k].copy()) for k in block.names}
     f["qs"] = f["qs"].reshape(shape[0], -1)                            # qh: the uint32 bits as int32
     return f
@@ -338,7 +378,7 @@ class KernelLinear(PackedWeights):
         self.kind, self.out_features, self.in_features = kind, out_features, in_features
         off = sorted({str(v.device) for v in buffers.values() if v.device.type != "cpu"})
         if off: raise ValueError(f"KernelLinear runs CPU kernels; its weights are on {off}: use QuantLinear there "
-                                 "(torch's CUDA kernels; Llama.build(..., kernels=False))")
+                                 "(torch's CUDA kernels: --kernels off, Llama.build(..., kernels=False))")
         for k, v in buffers.items(): self.register_buffer(k, v)
         self._matmul(torch.empty(0, in_features))                # every buffer checked once, by the checked wrappers
 

@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from .core import patch
+from .gguf import BLOCK_DTYPES, check_block_scales                 # chapter 09: the blocks
 from .gguf_file import torch_shape
 from .kernels import CSRC_DIR, KERNEL_SOURCES, cpp_sections, load_kernels   # chapter 11: the library
 from .kernels import KernelLinear, kernel_qlinear                           # and its other formats
@@ -171,6 +172,7 @@ class KQuantLinear(PackedWeights):
         if kind is None or len(shape) != 2:
             raise ValueError(f"{t.name}: KQuantLinear takes a 2-D Q4_K, Q5_K or Q6_K matrix, not "
                              f"{getattr(t.tensor_type, 'name', t.tensor_type)} of shape {shape}")
+        check_block_scales(np.asarray(t.data).reshape(-1).view(BLOCK_DTYPES[t.tensor_type]), t.name)
         raw = torch.from_numpy(np.array(t.data, dtype=np.uint8, copy=True)).reshape(shape[0], -1)
         return cls(kind, *shape, blocks=raw)
 

@@ -75,8 +75,11 @@ class Transformer(nn.Module):
         self.tie_weights()
         # complex64 (2 * max_seq_len, head_dim / 2); a plain attribute, not a buffer, so .to(bfloat16) cannot drop
         # its imaginary part
-        self.freqs_cis = precompute_freqs_cis(params.head_dim, params.max_seq_len * 2, params.rope_theta,
-                                              params.rope_scaling())
+        if torch.empty(0).is_meta:                     # meta_init: the shape only (materialize_buffers makes it);
+            self.freqs_cis = torch.empty(2 * params.max_seq_len, params.head_dim // 2, dtype=torch.complex64)
+        else:                                          # computing it on meta would run torch's Python refs (~70 MB)
+            self.freqs_cis = precompute_freqs_cis(params.head_dim, params.max_seq_len * 2, params.rope_theta,
+                                                  params.rope_scaling())
 
     def tie_weights(self):
         """For a tied model, make output.weight the very tensor of tok_embeddings.weight (again after loading

@@ -122,9 +122,11 @@ def meta_init():
     about to be assigned."""
     import fairscale.nn.model_parallel.layers as fs_layers
     fs_layers.torch = _MetaTorch()           # its Parameter(torch.Tensor(rows, cols)) ignores torch.device("meta")
+    init = fs_layers._initialize_affine_weight   # the embeddings' xavier init, whatever no_weight_init says:
+    fs_layers._initialize_affine_weight = lambda *a, **k: None   # on meta, a first call imports ~70 MB of torch
     try:
         with torch.device("meta"), no_weight_init(): yield
-    finally: fs_layers.torch = torch
+    finally: fs_layers.torch, fs_layers._initialize_affine_weight = torch, init
 
 # %% ../nbs/03b_parallel.ipynb #0a3a6361
 def is_model_parallel() -> bool:

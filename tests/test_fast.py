@@ -122,7 +122,7 @@ def static_type(t):
 
 def test_caches_and_rope_tables_are_marked_static_and_remarked_after_a_move():
     m = small_model()
-    ff = FastForward(m)
+    ff = FastForward(m, compile=True)                                   # marked for the compiled step (compiled lazily)
     st = ff.static_tensors()
     assert len(st) == 2 * m.params.n_layers + 2                        # K and V per layer, cos, sin
     assert all(static_type(t) for t in st)
@@ -140,6 +140,7 @@ def test_compiled_step_mutates_only_static_inputs():
     import operator
     m = small_model()
     ff = FastForward(m)
+    ff._mark_static()                                                  # as compile=True does before compiling
     graphs = []
     def backend(gm, example_inputs):
         graphs.append(gm); return gm

@@ -15,7 +15,7 @@ import torch
 from gguf import GGMLQuantizationType as QT, GGUFValueType as V, GGUFWriter
 from gguf.quants import quantize
 
-from test_gguf import TINY, gguf_names, random_state_dict
+from test_gguf import TINY, gguf_names, random_blocks, random_state_dict
 from llama_lit.gguf import gguf_to_meta_name, load_gguf, read_gguf_params
 from llama_lit.gguf_file import gguf_metadata, open_gguf
 
@@ -33,8 +33,9 @@ def tiny_gguf(path, qtype=QT.Q8_0, keys=None, drop=(), sd=None, p=TINY, tokens=T
     w = GGUFWriter(path, "llama")
     for k, (v, t) in kv.items():
         if k not in drop: w.add_key_value(k, v, t)
+    w.add_tokenizer_model("llama")
     if tokens:
-        w.add_tokenizer_model("llama"); w.add_token_list([f"t{i}" for i in range(p["vocab_size"])])
+        w.add_token_list([f"t{i}" for i in range(p["vocab_size"])])
     for name in gguf_names(p["n_layers"], False):
         x = sd[gguf_to_meta_name(name)].numpy()
         if x.ndim == 1 or qtype == QT.F32: w.add_tensor(name, x.astype(np.float32))
@@ -89,7 +90,10 @@ def test_n_dims_zero_on_token_embd(tmp_path):
     path = tiny_gguf(tmp_path / "m.gguf", QT.F32)
     data = bytearray(path.read_bytes())
     at, _ = table_entry(data, "token_embd.weight")
-    path.write_bytes(data[:at] + struct.pack("<I", 0) + data[at + 4 + 16 :])   # n_dims 0, its two ne dropped
+    data[at : at + 20] = struct.pack("<I", 0)                     # n_dims 0, its two ne dropped ...
+    t0 = data.index(struct.pack("<Q", 2) + b"t0")                 # ... and 16 bytes more in a token: same layout
+    data[t0 : t0 + 10] = struct.pack("<Q", 18) + b"t0" + b"_" * 16
+    path.write_bytes(data)
     with pytest.raises(ValueError, match="token_embd.weight"): read_gguf_params(path)
 
 
@@ -160,3 +164,131 @@ def test_version_zero_message(tmp_path):
     with pytest.raises(ValueError, match="GGUF version 0;"): open_gguf(tmp_path / "m.gguf")
     (tmp_path / "b.gguf").write_bytes(b"GGUF" + struct.pack(">IQQ", 3, 0, 0))
     with pytest.raises(ValueError, match="big-endian"): open_gguf(tmp_path / "b.gguf")
+
+
+# ---------------------------------------------------------------- 3: hyper-parameters out of range name the GGUF key
+
+@pytest.mark.parametrize("key,value,vtype", [
+    ("llama.rope.freq_base", -10000.0, V.FLOAT32), ("llama.rope.freq_base", float("nan"), V.FLOAT32),
+    ("llama.attention.layer_norm_rms_epsilon", float("nan"), V.FLOAT32),
+    ("llama.attention.layer_norm_rms_epsilon", True, V.BOOL), ("llama.block_count", "2", V.STRING)])
+def test_bad_hyperparameters_name_the_key(tmp_path, key, value, vtype):
+    path = tiny_gguf(tmp_path / "m.gguf", keys={key: (value, vtype)})
+    with pytest.raises(ValueError, match=f"m.gguf: {key} must be"): read_gguf_params(path)
+
+
+# ---------------------------------------------------------------- 3: NaN/inf block scales and norms refused at load
+
+def one_matrix_gguf(path, qtype: QT, x: np.ndarray):
+    w = GGUFWriter(path, "llama")
+    if qtype in (QT.Q4_K, QT.Q5_K, QT.Q6_K):                        # gguf's quantize lacks these: random blocks
+        w.add_tensor("blk.0.attn_q.weight", random_blocks(qtype, x.shape[0] * x.shape[1] // 256).reshape(
+                     x.shape[0], -1), raw_dtype=qtype)
+    else: w.add_tensor("blk.0.attn_q.weight", x if qtype in (QT.F32, QT.F16) else quantize(x, qtype),
+                       raw_dtype=None if qtype in (QT.F32, QT.F16) else qtype)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return path
+
+
+@pytest.mark.parametrize("qtype,byte,value", [
+    (QT.Q4_1, 0, np.nan), (QT.Q4_1, 2, np.inf), (QT.Q8_0, 0, np.inf), (QT.Q4_0, 0, np.nan), (QT.Q5_0, 0, np.nan),
+    (QT.Q5_1, 2, -np.inf), (QT.Q4_K, 0, np.nan), (QT.Q4_K, 2, np.inf), (QT.Q5_K, 2, np.nan), (QT.Q6_K, 208, np.nan),
+    (QT.F32, 0, np.nan), (QT.F16, 0, np.inf)])
+def test_nan_scales_refused(tmp_path, qtype, byte, value):
+    from llama_lit.gguf import BlockEmbedding, dequantize_tensor
+    from llama_lit.kquants import kquant_qlinear
+    from llama_lit.quant import gguf_qlinear
+    x = np.random.default_rng(0).standard_normal((8, 256)).astype(np.float32)
+    if qtype == QT.F16: x = x.astype(np.float16)
+    path = one_matrix_gguf(tmp_path / "m.gguf", qtype, x)
+    t = open_gguf(path).tensors[0]
+    at = t.data_offset + t.n_bytes // 8 * 3 + byte                  # row 3's first block
+    data = bytearray(path.read_bytes())
+    f = np.float32 if qtype == QT.F32 else np.float16
+    data[at : at + np.dtype(f).itemsize] = np.array(value, f).tobytes()
+    path.write_bytes(data)
+    t = open_gguf(path).tensors[0]
+    calls = [kquant_qlinear, lambda t: gguf_qlinear(t, other="int8"), dequantize_tensor]
+    if qtype not in (QT.F32, QT.F16): calls.append(BlockEmbedding.from_gguf)
+    for call in calls:                      # gguf_qlinear (chapter 10) hands over bytes only: the type, not the name
+        with pytest.raises(ValueError, match="blk.0.attn_q.weight|a Q.* tensor: its block scale"): call(t)
+
+
+# ---------------------------------------------------------------- 6 and 9: kernels given buffers they cannot read
+
+def _kernel_cases():
+    from llama_lit import kernels as k
+    N, K = 4, 64
+    qs4, qs8 = torch.zeros(N, K // 2, dtype=torch.uint8), torch.zeros(N, K, dtype=torch.int8)
+    d, qh, w = torch.ones(N, K // 32, dtype=torch.float16), torch.zeros(N, K // 32, dtype=torch.int32), torch.ones(N, K)
+    x = torch.ones(1, K)
+    meta, exp = (lambda t: t.to("meta")), (lambda t: t[:1].expand_as(t))
+    return [("q4_1 meta qs", lambda: k.q4_1_linear(x, meta(qs4), d, d)),
+            ("q4_1 meta d", lambda: k.q4_1_linear(x, qs4, meta(d), d)),
+            ("float meta w", lambda: k.float_linear(x, meta(w))),
+            ("q8_0 meta", lambda: k.q8_0_linear(x, meta(qs8), d)),
+            ("q5_0 meta qh", lambda: k.q5_0_linear(x, qs4, meta(qh), d)),
+            ("q5_1 meta m", lambda: k.q5_1_linear(x, qs4, qh, d, meta(d))),
+            ("q4_1 1-D qs", lambda: k.q4_1_linear(x, qs4.reshape(-1), d, d)),
+            ("q8_0 1-D qs", lambda: k.q8_0_linear(x, qs8.reshape(-1), d)),
+            ("q5_0 1-D qs", lambda: k.q5_0_linear(x, qs4.reshape(-1), qh, d)),
+            ("q4_1 expanded qs", lambda: k.q4_1_linear(x, exp(qs4), d, d)),
+            ("q8_0 strided qs", lambda: k.q8_0_linear(torch.ones(1, 32), qs8[:, ::2], d[:, :1])),
+            ("q5_1 expanded d", lambda: k.q5_1_linear(x, qs4, qh, exp(d), d)),
+            ("q4_1 K=0", lambda: k.q4_1_linear(torch.ones(1, 0), qs4[:, :0], d[:, :0], d[:, :0])),
+            ("q8_0 K=0", lambda: k.q8_0_linear(torch.ones(1, 0), qs8[:, :0], d[:, :0])),
+            ("float K=0", lambda: k.float_linear(torch.ones(1, 0), w[:, :0]))]
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_kernels_refuse_unusable_buffers(case):
+    from llama_lit.kernels import kernels_available
+    if not kernels_available(): pytest.skip("no CPU kernels here")
+    name, call = _kernel_cases()[case]
+    with pytest.raises(ValueError): call()
+
+
+def test_kquant_kernels_refuse_unusable_buffers():
+    from llama_lit.kquants import q4_k_linear
+    from llama_lit.kernels import kernels_available
+    if not kernels_available(): pytest.skip("no CPU kernels here")
+    blocks = torch.zeros(4, 144, dtype=torch.uint8)
+    for x, b in ((torch.ones(1, 256), blocks.to("meta")), (torch.ones(1, 256), blocks.reshape(-1)),
+                 (torch.ones(1, 0), blocks[:, :0])):
+        with pytest.raises(ValueError): q4_k_linear(x, b)
+
+
+# ---------------------------------------------------------------- 1(b): a stale torch build lock never hangs a load
+
+def test_stale_build_lock_does_not_hang(tmp_path):
+    "A build killed by SIGKILL leaves torch's `lock` file: the next load removes it (under our flock) and goes on."
+    from llama_lit.kernels import kernel_build_dir
+    build = kernel_build_dir()
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "lock").write_text("")
+    code = "from llama_lit.kernels import load_kernels; load_kernels(); print('loaded')"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]
+    assert not (build / "lock").exists()
+
+
+def test_build_lock_times_out(tmp_path):
+    "Another live process holding our lock for longer than the bound: one RuntimeError, never a hang."
+    import fcntl
+    from llama_lit.kernels import _build_lock
+    with (tmp_path / "llama_lit.build.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        code = f"from llama_lit.kernels import _build_lock; from pathlib import Path; _build_lock(Path('{tmp_path}'), 1)"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "RuntimeError: another process has been building" in r.stderr
+    with _build_lock(tmp_path, 1): pass                                # free again: taken at once
+
+
+# ---------------------------------------------------------------- 10: the Q4_0 overflow message speaks to a CLI user
+
+def test_q4_0_overflow_message_names_the_cli_flag():
+    from llama_lit.kernels import q4_1_fields
+    d = torch.full((1, 1), 60000.0, dtype=torch.float16)               # × 8 > float16's 65504
+    with pytest.raises(ValueError, match="--kernels off"):
+        q4_1_fields({"qs": torch.zeros(1, 16, dtype=torch.uint8), "d": d})

@@ -1,7 +1,6 @@
 """Memory a GGUF build adds stays near the file's size: the matrices keep their blocks (K-quants, Q5, Q8_0 ...), the
 embedding is looked up from blocks, nothing is inflated to float32 (issue 19: ≤ 1.3 × the file + the KV cache).
-Measured as resident memory in a fresh process, after torch, llama_lit and the kernels are loaded and torch's
-meta-device machinery has run once (its first use imports ~70 MB of torch's own modules, whatever the model)."""
+Measured as resident memory in a fresh process, after torch, llama_lit and the kernels are loaded."""
 import importlib.util
 import json
 import subprocess
@@ -19,14 +18,11 @@ MEASURE = r"""
 import json, sys, torch
 from llama_lit import Llama
 from llama_lit.kernels import load_kernels
-from llama_lit.config import ModelArgs
-from llama_lit.model import Transformer
-from llama_lit.parallel import init_model_parallel, meta_init
+from llama_lit.parallel import init_model_parallel
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"): return int(line.split()[1]) * 1024
 load_kernels(); init_model_parallel()
-with meta_init(): Transformer(ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=64))   # torch's one-time cost
 before = rss()
 llm = Llama.build(sys.argv[1], tokenizer_path=sys.argv[2], max_seq_len=64, max_batch_size=1)
 after = rss()
