@@ -65,13 +65,12 @@ def _block_records(t, shape=None, qtype=None) -> np.ndarray:
     if raw.size != math.prod(shape) // bs * block.itemsize:
         raise ValueError(f"{qtype.name}: {raw.size} bytes cannot hold shape {shape} ({block.itemsize} bytes per {bs} "
                          "weights)")
-    records = raw.view(block).reshape(*shape[:-1], shape[-1] // bs)
-    check_block_scales(records, getattr(t, "name", f"a {qtype.name} tensor"))
-    return records
+    return raw.view(block).reshape(*shape[:-1], shape[-1] // bs)
 
 def check_block_scales(records: np.ndarray, name: str) -> None:
     """ValueError naming tensor `name` if a float16 scale (d; m or dmin) of its BLOCK_DTYPES `records` is NaN or
-    infinite: a vectorized isfinite over the scale fields only, never a dequantization."""
+    infinite: a vectorized isfinite over the scale fields only, never a dequantization. The modules built from blocks
+    (gguf_blocks, BlockEmbedding, chapter 11's) call it; dequantize_tensor, a codec, keeps gguf's bits, NaNs too."""
     for k in records.dtype.names:
         if records.dtype[k] == np.float16 and not np.isfinite(records[k]).all():
             bad = np.argwhere(~np.isfinite(records[k]))[0].tolist()
@@ -84,6 +83,7 @@ def gguf_blocks(t, shape=None, qtype=None) -> dict[str, torch.Tensor]:
     blocks of B weights: the float16 scales (d; m or dmin) (*rows, n/B), each byte array (qs, qh, ql, scales) its
     blocks' bytes row by row, (*rows, n/B·bytes): Q4 qs (*rows, n/2) still packed, Q8_0 qs int8 (*rows, n)."""
     b = _block_records(t, shape, qtype)
+    check_block_scales(b, getattr(t, "name", f"a {_qtype(qtype).name if qtype is not None else ''} tensor"))
     fields = {k: torch.from_numpy(b[k].copy()) for k in b.dtype.names}        # copies: contiguous and writable
     return {k: v.reshape(*b.shape[:-1], -1) if b.dtype[k].shape else v for k, v in fields.items()}
 
@@ -306,7 +306,7 @@ class BlockEmbedding(nn.Module):
         shape = torch_shape(t)
         if len(shape) != 2: raise ValueError(f"{t.name} has shape {shape}; an embedding table has 2 dimensions")
         raw = np.asarray(t.data).view(np.uint8).reshape(shape[0], -1)
-        if t.tensor_type in BLOCK_DTYPES: _block_records(t)                # NaN/inf scales refused, naming t
+        if t.tensor_type in BLOCK_DTYPES: check_block_scales(_block_records(t), t.name)   # no NaN/inf scale
         elif t.tensor_type in FLOAT_TYPES: float_tensor(t)                 # which refuses NaN/inf values
         return cls(torch.from_numpy(raw.copy()), t.tensor_type, shape[1], dtype)
 

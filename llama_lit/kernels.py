@@ -187,14 +187,15 @@ def _build_lock(build: Path, wait_s: float | None = None):
     (torch would wait for it forever). RuntimeError after `wait_s` seconds of another process building."""
     import fcntl, time
     f = (build / "llama_lit.build.lock").open("a")
-    deadline = time.monotonic() + (BUILD_WAIT_S if wait_s is None else wait_s)
+    wait_s = BUILD_WAIT_S if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
     while True:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
         except BlockingIOError:
             if time.monotonic() > deadline:
                 f.close()
                 raise RuntimeError(f"another process has been building the kernels in {build} for over "
-                                   f"{BUILD_WAIT_S} s; wait for it, or run with --kernels off") from None
+                                   f"{wait_s:g} s; wait for it, or run with --kernels off") from None
             time.sleep(0.2)
     (build / "lock").unlink(missing_ok=True)                           # torch's baton of a build that was killed
     return f                                                           # closing it releases the lock
@@ -254,7 +255,7 @@ def _check_weight(op: str, name: str, t, dtypes: tuple, shape=None) -> None:
     """A weight field the C++ reads through its pointer: a 2-D tensor of `dtypes` (and `shape`), on the CPU, with
     memory of its own laid out row after row (a meta tensor has none; a strided or expanded view is another layout)."""
     if not isinstance(t, torch.Tensor): raise ValueError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    want = f"{'/'.join(str(d).removeprefix('torch.') for d in dtypes)} of shape {tuple(shape) if shape else '(N, K)'}"
+    want = f"{'/'.join(str(d) for d in dtypes)} {f'of shape {tuple(shape)}' if shape else '(N, K)'}"
     if t.dtype not in dtypes or t.dim() != 2 or (shape is not None and tuple(t.shape) != tuple(shape)):
         raise ValueError(f"{op}: {name} must be {want}, got {t.dtype} {tuple(t.shape)}")
     if t.device.type != "cpu": raise ValueError(f"{op}: the kernels run on the CPU; {name} is on {t.device}")
@@ -317,6 +318,7 @@ def q5_1_linear(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor, d: torch.Te
     "x (M, K) · Wᵀ for W in Q5_1 blocks: qs, qh as Q5_0's, d and m (N, K/32) float16."
     load_kernels()
     K = _check_q5("q5_1_linear", qs, qh, d, m)
+    return torch.ops.llama_lit.q5_1_linear(_check_x("q5_1_linear", x, K), qs, qh, d, m)
 
 
 # %% ../nbs/11_kernels.ipynb #8e8e65d7
