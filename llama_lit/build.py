@@ -38,10 +38,10 @@ from . import kquants
 
 # %% auto #0
 __all__ = ['KERNEL_QUANTS', 'checkpoint_format', 'open_checkpoint', 'read_model_params', 'check_model_files',
-           'default_device_dtype', 'check_cache_fits', 'all_finite', 'build_transformer', 'load_model_shard',
-           'shared_seed', 'check_quant', 'use_kernels', 'quantize_for_kernels', 'TiedEmbedding', 'gguf_embedding',
-           'load_gguf_quantized', 'quantized_transformer', 'kernel_fuse', 'float_kernels', 'fast_forward', 'auto_quant',
-           'return_freed_memory']
+           'default_device_dtype', 'available_memory', 'check_cache_fits', 'all_finite', 'build_transformer',
+           'load_model_shard', 'shared_seed', 'check_quant', 'use_kernels', 'quantize_for_kernels', 'TiedEmbedding',
+           'gguf_embedding', 'load_gguf_quantized', 'quantized_transformer', 'kernel_fuse', 'float_kernels',
+           'fast_forward', 'auto_quant', 'return_freed_memory']
 
 # %% ../nbs/12_build.ipynb #fcfb85c2
 def checkpoint_format(path) -> str:
@@ -89,6 +89,15 @@ def default_device_dtype(device=None) -> tuple[torch.device, torch.dtype]:
     if device.index is None: device = torch.device("cuda", torch.cuda.current_device())
     return device, (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16)
 
+def available_memory() -> int | None:
+    "Bytes of memory free for a new allocation: /proc/meminfo's MemAvailable (Linux), else free pages, else None."
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError): pass
+    try: return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError): return None
+
 def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4, device=None, mp: int = 1) -> None:
     """Refuse a KV cache (max_batch_size × max_seq_len, this rank's 1/mp of the heads) larger than the memory it goes
     to: the GPU's free memory on CUDA, else the machine's, before allocating it."""
@@ -97,8 +106,7 @@ def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4, device=None, mp:
     if device.type == "cuda":
         have, where = torch.cuda.mem_get_info(device)[0], f"the free memory of GPU {device}"
     else:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-        where = "this machine's memory"
+        have, where = available_memory(), "this machine's available memory"
     if have and need > have:
         raise ValueError(f"a KV cache for max_batch_size={args.max_batch_size} × max_seq_len={args.max_seq_len} needs "
                          f"{need / 2**30:.3g} GiB per process, more than {where} ({have / 2**30:.3g} GiB); "

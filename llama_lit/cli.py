@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import signal
+import warnings
 import sys
 import time
 
@@ -33,7 +34,7 @@ from . import build                                 # Llama.build
 
 # %% auto #0
 __all__ = ['MODELS', 'demo', 'utf8_text', 'cmd_generate', 'fit_dialog', 'cmd_chat', 'cmd_convert', 'cmd_reshard', 'cmd_train',
-           'main']
+           'main', 'one_line_warning']
 
 # %% ../nbs/90_cli.ipynb #52a3e14f
 def demo(prompt: str = "ROMEO:", n_new: int = 16, seed: int = 0) -> dict:
@@ -278,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of `llama_lit` and `python -m llama_lit`: every failure is one line on stderr and a non-zero status."
     parser = _parser()
     a = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warning                  # `llama_lit: warning: ...`, like the errors
+        return _main(parser, a)
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    "A warning as the CLI prints it: one line, `llama_lit: warning: <message>` (not Python's file:line + source)."
+    print(f"llama_lit: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+def _main(parser, a) -> int:
     if own_sigterm := (signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)):
         try: signal.signal(signal.SIGTERM, _terminate)
         except ValueError: own_sigterm = False                 # not the main thread

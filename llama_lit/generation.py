@@ -108,9 +108,9 @@ def _start(self: Llama, prompt_tokens, max_gen_len, temperature, top_p, logprobs
                 top_k, repetition_penalty)
 
 # %% ../nbs/05c_generation.ipynb #ef670f9e
-def mask_unknown_ids(logits: torch.Tensor, n_words: int) -> torch.Tensor:
+def mask_unknown_ids(logits: torch.Tensor, n_words: int | None) -> torch.Tensor:
     "`logits` (..., vocab) with every id >= n_words (rows the tokenizer has no token for) at -inf; as is if none."
-    if logits.shape[-1] <= n_words: return logits
+    if n_words is None or logits.shape[-1] <= n_words: return logits
     out = logits.clone()
     out[..., n_words:] = float("-inf")
     return out
@@ -122,15 +122,16 @@ def _steps(self: Llama, r: _Run) -> Iterator[int]:
     eos_reached = torch.zeros(r.tokens.shape[0], dtype=torch.bool, device=r.tokens.device)
     prev_pos, pad_id = 0, -1
     stops = torch.tensor(self.tokenizer.stop_tokens, device=r.tokens.device)   # EOS, <|eot_id|>, <|im_end|>, ...
+    n_words = getattr(self.tokenizer, "n_words", None)             # None (a stand-in tokenizer): nothing masked
     with torch.inference_mode():
         if r.min_prompt_len == r.total_len and r.token_logprobs is not None:   # nothing to generate: score the prompt
-            logits = mask_unknown_ids(self.model(r.tokens, 0), self.tokenizer.n_words)
+            logits = mask_unknown_ids(self.model(r.tokens, 0), n_words)
             r.token_logprobs[:, 1:] = -F.cross_entropy(logits[:, :-1].transpose(1, 2), r.tokens[:, 1:],
                                                        reduction="none", ignore_index=pad_id)
         forward = self.model if r.token_logprobs is not None else self.forward   # log-probs need every position
         for cur_pos in range(r.min_prompt_len, r.total_len):
             logits = forward(r.tokens[:, prev_pos:cur_pos], prev_pos)     # (bsz, cur_pos - prev_pos or 1, vocab)
-            logits = mask_unknown_ids(logits, self.tokenizer.n_words)    # a padded vocabulary: never its extra rows
+            logits = mask_unknown_ids(logits, n_words)    # a padded vocabulary: never its extra rows
             nxt = next_token(logits[:, -1], r.temperature, r.top_p, r.top_k, r.repetition_penalty,
                              r.tokens[:, :cur_pos])                    # every token so far: no pad before cur_pos
             nxt = torch.where(r.input_text_mask[:, cur_pos], r.tokens[:, cur_pos], nxt)   # keep prompt tokens

@@ -22,8 +22,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .config import ModelArgs, weight_shapes
 from .core import moved, patch
-from .gguf import (FLOAT_TYPES, dequantize_tensor, float_tensor, gguf_block_bytes, gguf_blocks, pack_nibbles,
-                            unpack_nibbles, unpack_planes, unpack_scale_min_k4)
+from .gguf import (
+    BLOCK_DTYPES, check_block_scales, FLOAT_TYPES, dequantize_tensor, float_tensor, gguf_block_bytes, gguf_blocks,
+    pack_nibbles, unpack_nibbles, unpack_planes, unpack_scale_min_k4)
 from .gguf_file import torch_shape
 from .model import Transformer
 
@@ -430,6 +431,8 @@ def gguf_qlinear(t, dtype=torch.bfloat16, other: str | None = None, q8_0: str = 
         raise ValueError(f"other={other!r}; one of None, 'int8', 'int4', {', '.join(map(repr, _FLOATS))}")
     shape = torch_shape(t)
     if len(shape) != 2: raise ValueError(f"{t.name} has shape {shape}; a linear layer's weight has 2 dimensions")
+    if t.tensor_type in BLOCK_DTYPES:                           # a NaN/inf scale: refused, naming the tensor
+        check_block_scales(np.asarray(t.data).view(np.uint8).reshape(-1).view(BLOCK_DTYPES[t.tensor_type]), t.name)
     on = lambda *ts: [x.to(device) for x in ts]                 # the integer blocks move, then pack for that device
     if t.tensor_type == _Q.Q4_1:
         return QuantLinear.from_int4(*on(*q4_1_blocks(t.data, shape)), group_size=32, dtype=dtype)

@@ -580,3 +580,23 @@ def test_safetensors_written_with_the_umask(ckpt, tmp_path):
     finally: os.umask(old)
     modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "hf").iterdir()}
     assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
+
+
+# 10. one line, but unclear: warnings and memory checks ------------------------------------------------------------
+
+def test_cli_warning_is_one_line():
+    "A fallback warning (no kernels here: LLAMA_LIT_KERNELS=0) reads like the errors: one `llama_lit: warning:` line."
+    r = cli("generate", "ROMEO:", "--quant", "int4", "--max-gen-len", "3", "--temperature", "0",
+            env={"LLAMA_LIT_KERNELS": "0"})
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    lines = [l for l in r.stderr.decode().splitlines() if l.strip()]
+    assert lines and all(l.startswith("llama_lit: warning: ") for l in lines), lines
+    assert any("torch's kernels" in l for l in lines), lines
+
+
+def test_kv_cache_checked_against_available_memory(monkeypatch, ckpt):
+    "The KV-cache check compares with the memory still available, not the machine's total."
+    import llama_lit.build as build
+    monkeypatch.setattr(build, "available_memory", lambda: 1 << 20)           # 1 MiB left
+    with pytest.raises(ValueError, match="available memory"):
+        Llama.build(ckpt, max_seq_len=2048, max_batch_size=8)

@@ -684,3 +684,26 @@ def test_gguf_qlinear_kquants(tmp_path):
 
 def test_bits_per_weight_gguf_types():
     assert [bits_per_weight(q, 4096) for q in ("Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")] == [5.5, 6.0, 4.5, 5.5, 6.5625]
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q4_K", "Q6_K", "Q5_0"])
+def test_gguf_qlinear_refuses_a_nan_scale_naming_the_tensor(tmp_path, qtype):
+    "torch's path (kernels=False, a GPU) refuses a corrupt scale like the CPU kernels' path does (issue 21, item 3)."
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFWriter
+    from llama_lit.gguf import BLOCK_DTYPES
+    from llama_lit.gguf_file import open_gguf
+    from llama_lit.quant import gguf_qlinear
+    qt = QT[qtype]
+    block, size = GGML_QUANT_SIZES[qt]
+    rows, cols = 4, 256
+    raw = np.random.default_rng(0).integers(0, 256, (rows * cols // block, size), dtype=np.uint8)
+    rec = raw.view(BLOCK_DTYPES[qt]).reshape(-1)
+    rec["d"] = 0.01
+    rec["d"][3] = np.nan
+    w = GGUFWriter(tmp_path / "m.gguf", "llama")
+    w.add_tensor("blk.0.attn_q.weight", raw.reshape(rows, -1), raw_dtype=qt)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    t = open_gguf(tmp_path / "m.gguf").tensors[0]
+    with pytest.raises(ValueError, match="blk.0.attn_q.weight.*scale d"):
+        gguf_qlinear(t, dtype=torch.float32)
