@@ -113,7 +113,7 @@ class FastForward(nn.Module):
         self.output = _float_module(model.output, float_linear)     # None: the model's own output matrix
         self.caches = [head_major_cache(layer.attention) for layer in model.layers]
         self.cos, self.sin = rope_tables(model.freqs_cis)
-        if compile: self._mark_static()                             # for the compiled step only (imports dynamo)
+        if compile or self.cos.device.type != "cpu": self._mark_static()   # for a compiled step (imports dynamo)
         self.lean_decode = lean_decode and self.plain_linear and sdpa and fused_norm   # one process, every step above
         self.decode = self._compile_decode() if compile else None   # defined with the decode step, below
 

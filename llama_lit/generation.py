@@ -57,7 +57,9 @@ def rng_state(device) -> torch.Tensor | None:
     "The state of the random generator that sampling on `device` draws from (the CPU's or that GPU's); None elsewhere."
     device = torch.device(device)
     if device.type == "cpu": return torch.get_rng_state()
-    if device.type == "cuda": return torch.cuda.get_rng_state(device)
+    if device.type == "cuda":
+        try: return torch.cuda.get_rng_state(device)
+        except (RuntimeError, IndexError, AssertionError): return None   # no real CUDA generator (a faked torch.cuda)
     return None
 
 @patch
@@ -73,7 +75,7 @@ def _check_ranks_agree(self: Llama, prompt_tokens, max_gen_len, temperature, top
                          "repetition_penalty": repetition_penalty, "logprobs": logprobs,
                          "random state": rng_state(self.model.freqs_cis.device) if sampled else None},
                         hint=": the same prompts and settings, and the same seed (Llama.build(seed=...) gives every "
-                             "rank rank 0's; do not re-seed one rank)")
+                             "rank rank 0's; do not re-seed one rank)", device=self.model.freqs_cis.device)
 
 # %% ../nbs/05c_generation.ipynb #e54df75c
 @patch

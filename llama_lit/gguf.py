@@ -189,8 +189,9 @@ def float_tensor(t) -> torch.Tensor:
     dtype = FLOAT_TYPES[t.tensor_type]
     raw = np.ascontiguousarray(np.asarray(t.data)).view(np.uint8)
     raw = raw.view({torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}[dtype])
-    finite = (np.isfinite(raw).all() if dtype != torch.bfloat16           # checked in numpy: under a FakeTensorMode
-              else not ((raw.view(np.uint16) & 0x7F80) == 0x7F80).any())   # (tests of the CUDA path) too; bf16: exponent
+    # checked in numpy, so that it works under a FakeTensorMode (the CUDA path's tests) too; bf16: exponent all ones
+    finite = (np.isfinite(raw).all() if dtype != torch.bfloat16
+              else not ((raw.view(np.uint16) & 0x7F80) == 0x7F80).any())
     if not finite: raise ValueError(f"tensor {t.name} holds NaN or infinite values; the file is corrupt")
     return torch.from_numpy(raw.reshape(torch_shape(t)).copy()).view(dtype)
 

@@ -140,7 +140,8 @@ def digest(value) -> int:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         h.update(f"{t.dtype} {tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        try: h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        except RuntimeError: pass                             # a FakeTensor (the CUDA path's tests): no bytes to hash
     else: h.update(repr(value).encode())
     return int.from_bytes(h.digest(), "little") >> 1          # fits an int64
 
@@ -149,20 +150,23 @@ def differing(digests: torch.Tensor, names: list[str]) -> list[tuple[str, list[i
     odd = digests != digests[0]                                 # (world, n)
     return [(n, odd[:, k].nonzero().flatten().tolist()) for k, n in enumerate(names) if odd[:, k].any()]
 
-def model_parallel_digests(values: list[int]) -> torch.Tensor | None:
+def model_parallel_digests(values: list[int], device=None) -> torch.Tensor | None:
     "(world, len(values)) int64: every model-parallel rank's `values` (one all_gather); None on one process."
     if not is_model_parallel(): return None
     world = fs_init.get_model_parallel_world_size()
-    mine = torch.tensor(values, dtype=torch.long)               # on the CPU: gloo, also beside NCCL
+    group = fs_init.get_model_parallel_group()
+    if device is None:                                          # NCCL moves CUDA tensors only: this rank's GPU
+        device = torch.cuda.current_device() if dist.get_backend(group) == "nccl" else "cpu"
+    mine = torch.tensor(values, dtype=torch.long, device=device)   # where the model's collectives run
     every = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(every, mine, group=fs_init.get_model_parallel_group())
-    return torch.stack(every)
+    dist.all_gather(every, mine, group=group)
+    return torch.stack(every).cpu()
 
-def check_same_on_ranks(what: dict, hint: str = "") -> None:
+def check_same_on_ranks(what: dict, hint: str = "", device=None) -> None:
     """Raise the same ValueError on every model-parallel rank when its ranks hold different values for a key of
     `what` (every rank must pass the same keys); nothing on one process."""
     if not is_model_parallel(): return                         # one process: no digest computed
-    every = model_parallel_digests([digest(v) for v in what.values()])
+    every = model_parallel_digests([digest(v) for v in what.values()], device)
     if bad := differing(every, list(what)):
         parts = "; ".join(f"{n} (rank{'s' * (len(r) > 1)} {', '.join(map(str, r))} vs rank 0)" for n, r in bad)
         raise ValueError(f"the model-parallel ranks were given different {parts}: tensor-parallel ranks must all "
@@ -186,7 +190,7 @@ def check_replicated(model: nn.Module) -> None:
     between the model-parallel ranks: one all_gather of one digest per tensor; nothing on one process."""
     if not is_model_parallel(): return
     tensors = replicated_tensors(model)
-    every = model_parallel_digests([digest(t) for t in tensors.values()])
+    every = model_parallel_digests([digest(t) for t in tensors.values()], model.freqs_cis.device)
     if every is not None and (bad := differing(every, list(tensors))):
         name, ranks = bad[0]
         raise ValueError(f"{name} differs between model-parallel ranks 0 and {ranks[0]} ({len(bad)} replicated "

@@ -44,7 +44,8 @@ def check_on(log: dict, device: str, dtype: str = "bfloat16") -> None:
         assert not bad, f"{kind} not on {where}: {bad}"
     assert m["caches"] and all(c.endswith(where) for c in m["caches"]), m["caches"]
     assert m["freqs_cis"] == f"{device} complex64"
-    bad = [c for c in log["collectives"] if c[1:] != [device, dtype]]
+    bad = [c for c in log["collectives"] if c[1:] != [device, dtype]
+           and c[2] != "int64"]                      # the ranks' request and weight digests (03b): small int64 gathers
     assert not bad, bad
     return m
 

@@ -43,7 +43,7 @@ def big_gguf():
 
 @pytest.mark.skipif(not kernels_available(), reason="the CPU kernels do not build here")
 @pytest.mark.parametrize("mix,tied", [("Q4_K_M", False), ("Q4_K_M", True), ("Q5_K", False), ("Q6_K", True),
-                                      ("Q5_0", True), ("Q5_1", False), ("Q8_0", True), ("Q4_0", False),
+                                      ("Q5_0", True), ("Q5_1", False), ("Q8_0", True),
                                       ("Q4_1", True), ("BF16", True)])
 def test_gguf_build_adds_about_the_file(tmp_path, mix, tied):
     from llama_lit.assets import default_tokenizer_path
