@@ -5,6 +5,7 @@
 # %% ../nbs/03b_parallel.ipynb #f6204cbd
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import hashlib
@@ -17,9 +18,10 @@ from torch import nn
 import fairscale.nn.model_parallel.initialize as fs_init
 
 # %% auto #0
-__all__ = ['dist_timeout', 'dist_context', 'local_cuda_device', 'init_model_parallel', 'model_parallel_size', 'linear_init',
-           'no_weight_init', 'meta_init', 'is_model_parallel', 'digest', 'differing', 'model_parallel_digests',
-           'check_same_on_ranks', 'replicated_tensors', 'check_replicated', 'should_report', 'peer_reported']
+__all__ = ['dist_timeout', 'dist_context', 'local_cuda_device', 'close_process_group', 'init_model_parallel',
+           'model_parallel_size', 'linear_init', 'no_weight_init', 'meta_init', 'is_model_parallel', 'digest',
+           'differing', 'model_parallel_digests', 'check_same_on_ranks', 'replicated_tensors', 'check_replicated',
+           'should_report', 'peer_reported']
 
 # %% ../nbs/03b_parallel.ipynb #11fc6d9f
 def dist_timeout() -> float:
@@ -56,6 +58,15 @@ def local_cuda_device() -> int:
     return local
 
 # %% ../nbs/03b_parallel.ipynb #afc45f4e
+def close_process_group() -> None:
+    """Tear down fairscale's groups and torch.distributed's at exit. Left to the interpreter's own teardown, a gloo
+    rank whose work is done can still abort ("terminate called without an active exception", SIGABRT) while its
+    background threads are destroyed, and torchrun reports the whole run as failed."""
+    if fs_init.model_parallel_is_initialized():
+        fs_init.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
 def init_model_parallel(model_parallel_size: int | None = None, device=None) -> int:
     """Set up torch.distributed (NCCL for CUDA tensors, gloo for CPU ones) and fairscale's model-parallel group if
     needed; return the model-parallel size. `device`: where the model will live (None: CUDA when available)."""
@@ -69,6 +80,7 @@ def init_model_parallel(model_parallel_size: int | None = None, device=None) -> 
             dist.init_process_group("cuda:nccl,cpu:gloo" if cuda else "gloo", timeout=timeout)
             if not cuda and dist.get_world_size() > 1:                      # names the ranks that never arrive
                 dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+            atexit.register(close_process_group)                            # gloo's threads joined before exit
         else:                                                               # plain python / notebook
             dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     world = dist.get_world_size()
