@@ -4,7 +4,7 @@
 # transformers at F32, BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_1 and Q4_0: speed, bandwidth use, memory, KL divergence to
 # float32). Sets up the environment first; --gguf also builds llama-cpp-python from its source distribution the first
 # time (about 10 minutes on 2 cores; never done by the tests or CI).
-# `bash scripts/bench.sh --serve [ARGS]`: bench/serve.py (serving at 1, 4, 8, 16 concurrent clients: llama_lit serve with
+# `bash scripts/bench.sh --serve [ARGS]`: bench/serve.py (serving 1, 4, 8, 16 concurrent clients: llama_lit serve with
 # continuous batching, llama_lit serve one request at a time, and llama-cpp-python's server, on the SmolLM2 GGUF);
 # builds llama-cpp-python as --gguf does, then installs its [server] extras with pip (no rebuild; never tests or CI).
 # On a GPU, bench/generate.py defaults to the Llama-2-7B shape in bfloat16 (--quant int8|int4, --compile for CUDA
@@ -24,7 +24,8 @@ if [ "${1:-}" = "--gguf" ] || [ "${1:-}" = "--serve" ]; then
     # The server's own dependencies (fastapi, uvicorn, sse-starlette, starlette-context, pydantic-settings), held to
     # constraints.txt's pins where it has them; pip keeps the llama-cpp-python already built.
     if ! .venv/bin/python -c "import llama_cpp.server.app" 2>/dev/null; then
-      .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt "llama-cpp-python[server]==0.3.36"
+      .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
+        "llama-cpp-python[server]==0.3.36"
     fi
     exec .venv/bin/python bench/serve.py "$@"
   fi
