@@ -5,13 +5,14 @@
 # %% ../nbs/06_checkpoint.ipynb #807395c1
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -26,9 +27,10 @@ from .tokenizer import read_json_object
 __all__ = ['WEIGHT_DTYPES', 'TOKENIZER_FILES', 'HF_CONFIG_NAMES', 'split_dim', 'shards_vocab_parallel', 'merge_shards',
            'split_state_dict', 'check_parallel_sizes', 'expected_shapes', 'check_weight_dtypes', 'check_state_dict',
            'read_json', 'read_params', 'checkpoint_files', 'load_pth', 'full_shapes', 'load_shard', 'check_output_dir',
-           'clean_stale_temps', 'atomic_dir', 'copy_tokenizer_files', 'save_checkpoint', 'embedding_layout', 'reshard',
-           'hf_config_to_params', 'convert_hf_state_dict', 'convert_meta_state_dict_to_hf', 'known_context_length',
-           'params_to_hf_config', 'load_hf_state_dict', 'convert_from_hf', 'convert_to_hf']
+           'clean_stale_temps', 'atomic_dir', 'copy_tokenizer_files', 'write_error', 'save_pth', 'save_safetensors',
+           'save_checkpoint', 'embedding_layout', 'reshard', 'hf_config_to_params', 'convert_hf_state_dict',
+           'convert_meta_state_dict_to_hf', 'known_context_length', 'params_to_hf_config', 'load_hf_state_dict',
+           'convert_from_hf', 'convert_to_hf']
 
 # %% ../nbs/06_checkpoint.ipynb #08ae6598
 _SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1,
@@ -233,8 +235,9 @@ def _file_mode(mode: int = 0o666) -> int:
     return mode & ~umask
 
 @contextmanager
-def atomic_dir(out_dir):
-    "Yield a temporary directory that becomes `out_dir` only if the block finishes; removed on any error."
+def atomic_dir(out_dir, needed: int | None = None):
+    """Yield a temporary directory that becomes `out_dir` only if the block finishes; removed on any error. A write
+    that runs out of room is one OSError naming its file in `out_dir` (`write_error`; `needed`: the output's bytes)."""
     out = check_output_dir(out_dir)
     clean_stale_temps(out)                                           # litter of a run that was killed (SIGKILL)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,6 +246,11 @@ def atomic_dir(out_dir):
     try:
         yield tmp
         os.replace(tmp, out)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)                       # first: the room it took is free again
+        f = Path(getattr(e, "filename", None) or tmp)                # the file in the making, named as it will be
+        if (err := write_error(e, out / f.relative_to(tmp) if f.is_relative_to(tmp) else out, needed)) is None: raise
+        raise err from None
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
@@ -254,6 +262,75 @@ def copy_tokenizer_files(src_dir, dst_dir) -> list[str]:
             shutil.copyfile(Path(src_dir) / name, Path(dst_dir) / name); copied.append(name)
     return copied
 
+# %% ../nbs/06_checkpoint.ipynb #d15cf011
+_NO_ROOM = {errno.ENOSPC: ("no space left on the device", "free some space or choose another output directory"),
+            getattr(errno, "EDQUOT", 122): ("the disk quota is exceeded",
+                                            "free some space or choose another output directory"),
+            errno.EFBIG: ("the file is larger than the file-size limit (`ulimit -f`) or the file system allows",
+                          "raise the limit or choose another file system")}
+
+def _size(n: int) -> str: return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+def _write_errno(e: BaseException) -> int | None:
+    "The errno behind a failed write: an OSError's, or the one a safetensors (Rust) message quotes."
+    if isinstance(e, OSError): return e.errno
+    m = re.search(r"\(os error (\d+)\)|Os\s*\{\s*code:\s*(\d+)", str(e))   # safetensors 0.8; older: a debug dump
+    return int(m[1] or m[2]) if m else None
+
+def write_error(e: BaseException, path, needed: int | None = None) -> OSError | None:
+    """`e` as one OSError naming `path` when a write ran out of room (a full disk, a quota, a file-size limit), with
+    the bytes `needed` and those free; None when `e` is anything else (raise it as it is)."""
+    code, s = _write_errno(e), str(e)
+    torch_own = (code is None and isinstance(e, RuntimeError)                # torch's writer: no errno kept
+                 and ("inline_container.cc" in s or "PytorchStreamWriter" in s))
+    if code not in _NO_ROOM and not torch_own: return None
+    d = Path(path)
+    while not d.is_dir() and d != d.parent: d = d.parent
+    try: free = shutil.disk_usage(d).free
+    except OSError: free = None
+    if torch_own and None not in (needed, free) and free < needed: code = errno.ENOSPC   # torch does not say why
+    why, fix = _NO_ROOM.get(code, ("the write stopped part-way (a full disk, a quota or a file-size limit?)",
+                                   "free some space or choose another output directory"))
+    room = [f"the output needs about {_size(needed)}"] if needed is not None else []
+    if free is not None and code in (errno.ENOSPC, None): room.append(f"{_size(free)} is free")   # not for a quota
+    err = OSError(f"cannot write {path}: {why}" + (f" ({', '.join(room)})" if room else "") + f"; {fix}")
+    err.errno = code                                                 # str(err): the message alone, no `[Errno 28]`
+    return err
+
+# %% ../nbs/06_checkpoint.ipynb #d15cf016
+class _KeepsError:
+    "The file torch.save writes through: it keeps the OSError of a failed write (torch replaces it by its own words)."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e: self.error = e; raise
+    def flush(self): self.f.flush()
+
+def save_pth(sd: dict, path) -> None:
+    "torch.save `sd` to `path`; a failed write raises its OSError (errno and `path`), not torch's `unexpected pos`."
+    f = open(path, "wb")                                             # buffered: a short write(2) is retried, not lost
+    out = _KeepsError(f)
+    try:
+        torch.save(sd, out)
+        f.close()                                                    # the last buffered bytes can fail too
+    except (RuntimeError, OSError) as e:
+        err = e if isinstance(e, OSError) else out.error
+        if err is None:
+            e.filename = str(path)                                   # torch's own message: which file (atomic_dir)
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    finally:
+        with suppress(OSError): f.close()
+
+def save_safetensors(sd: dict, path, metadata: dict | None = None) -> None:
+    "safetensors' save_file; a failed write raises an OSError (errno and `path`), not the Rust error's text."
+    from safetensors.torch import save_file
+    try: save_file(sd, path, metadata=metadata)
+    except Exception as e:
+        if (code := _write_errno(e)) is None:                        # not the disk: what safetensors refused, one line
+            raise ValueError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
+        raise OSError(code, os.strerror(code), str(path)) from None
+
 # %% ../nbs/06_checkpoint.ipynb #4a6af09a
 def save_checkpoint(out_dir, params: dict, full_state_dict: dict, mp: int = 1, tokenizer_path=None,
                     extra_files: dict[str, str] | None = None, tokenizer_dir=None) -> Path:
@@ -264,11 +341,12 @@ def save_checkpoint(out_dir, params: dict, full_state_dict: dict, mp: int = 1, t
     vp = embedding_layout(params)
     if args.tie_word_embeddings: full_state_dict = tie_state_dict(full_state_dict, True)
     shards = [split_state_dict(full_state_dict, mp, r, vp) for r in range(mp)]
-    with atomic_dir(out_dir) as tmp:
+    needed = sum(t.nbytes for sd in shards for t in {id(t): t for t in sd.values()}.values())   # a tie: once
+    with atomic_dir(out_dir, needed) as tmp:
         for name, text in (extra_files or {}).items(): (tmp / name).write_text(text)
         (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
         for r, sd in enumerate(shards):
-            torch.save({k: v.contiguous() for k, v in sd.items()}, tmp / f"consolidated.{r:02d}.pth")
+            save_pth({k: v.contiguous() for k, v in sd.items()}, tmp / f"consolidated.{r:02d}.pth")
         if tokenizer_dir is not None: copy_tokenizer_files(tokenizer_dir, tmp)
         if tokenizer_path is not None:
             tp = Path(tokenizer_path)
@@ -517,7 +595,6 @@ def convert_from_hf(in_dir, out_dir) -> Path:
 
 def convert_to_hf(in_dir, out_dir, context_length: int | None = None) -> Path:
     "Convert a Meta-format checkpoint (any number of shards) into a Hugging Face directory (transformers, Llama.build)."
-    from safetensors.torch import save_file
     params = read_params(in_dir)
     shapes, disk_vp = full_shapes(in_dir)
     if params.get("vocab_size", -1) <= 0: params = {**params, "vocab_size": shapes["tok_embeddings.weight"][0]}
@@ -528,11 +605,9 @@ def convert_to_hf(in_dir, out_dir, context_length: int | None = None) -> Path:
     config = params_to_hf_config(params, bos, eos)
     full = merge_shards([load_pth(f) for f in checkpoint_files(in_dir)], disk_vp)
     hf = {k: v.contiguous() for k, v in convert_meta_state_dict_to_hf(full, params).items()}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, sum(v.nbytes for v in hf.values())) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        try: save_file(hf, tmp / "model.safetensors", metadata={"format": "pt"})
-        except Exception as e:                                       # a full disk: one line, not safetensors' 18
-            raise OSError(f"cannot write {Path(out_dir) / 'model.safetensors'}: {str(e).splitlines()[0]}") from None
+        save_safetensors(hf, tmp / "model.safetensors", metadata={"format": "pt"})   # a full disk: one line
         os.chmod(tmp / "model.safetensors", _file_mode())            # safetensors writes 0600; the rest: umask
         copy_tokenizer_files(in_dir, tmp)
     return Path(out_dir)
