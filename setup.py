@@ -18,6 +18,7 @@ lic = licenses[cfg["license"].lower()]
 min_python = cfg["min_python"]
 requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
+serve_requirements = shlex.split(cfg.get("serve_requirements", ""))   # the server (chapter 14)
 console_scripts = cfg.get("console_scripts", "").split()
 
 setuptools.setup(
@@ -42,7 +43,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={"llama_lit": ["assets/*", "assets/shakespeare/*", "csrc/*.cpp", "csrc/*.h"]},   # csrc: C++ kernels
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements + serve_requirements, "serve": serve_requirements},
     python_requires=">=" + min_python,
     zip_safe=False,
     entry_points={"console_scripts": console_scripts, "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

@@ -52,6 +52,9 @@ def _patched_class(f: ast.FunctionDef) -> str | None:
     return None
 
 
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)     # `async def` too: the server's handlers
+
+
 def public_names(code: str) -> list[str]:
     """Public functions and classes a code cell defines, and the public methods of its classes as `Cls.method`
     (written in the class body, or added with `@patch`/`@patch_to`)."""
@@ -59,12 +62,12 @@ def public_names(code: str) -> list[str]:
     except SyntaxError: return []
     out = []
     for n in tree.body:
-        if not isinstance(n, (ast.FunctionDef, ast.ClassDef)) or n.name.startswith("_"): continue
-        owner = _patched_class(n) if isinstance(n, ast.FunctionDef) else None
+        if not isinstance(n, (*FUNCTIONS, ast.ClassDef)) or n.name.startswith("_"): continue
+        owner = _patched_class(n) if isinstance(n, FUNCTIONS) else None
         if owner: out.append(f"{owner}.{n.name}"); continue
         out.append(n.name)
         if isinstance(n, ast.ClassDef):
-            out += [f"{n.name}.{m.name}" for m in n.body if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")
+            out += [f"{n.name}.{m.name}" for m in n.body if isinstance(m, FUNCTIONS) and not m.name.startswith("_")
                     and not any("property" in ast.unparse(d) or "setter" in ast.unparse(d) for d in m.decorator_list)]
     return out
 

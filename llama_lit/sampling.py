@@ -12,16 +12,17 @@ import torch.nn.functional as F
 __all__ = ['sample_top_p', 'check_sampling', 'apply_top_k', 'apply_repetition_penalty', 'next_token']
 
 # %% ../nbs/05a_sampling.ipynb #1ac741c3
-def sample_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
+def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample one token per row of `probs` (bsz, vocab) from its top-p nucleus (p >= 1: every token); returns
-    (bsz, 1) token ids."""
+    (bsz, 1) token ids. The draw comes from `generator` (None: torch's global one)."""
     probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
     if p < 1:                                               # p >= 1 is off: a float32 prefix sum can pass 1.0
         probs_sum = torch.cumsum(probs_sort, dim=-1)
         mask = probs_sum - probs_sort > p                   # mass strictly before this token already exceeds p
         probs_sort = probs_sort.masked_fill(mask, 0.0)      # not probs_sort[mask] = 0: no nonzero(), no GPU sync
     probs_sort = probs_sort / probs_sort.sum(dim=-1, keepdim=True)
-    next_token = torch.multinomial(probs_sort, num_samples=1)
+    own = {} if generator is None else {"generator": generator}   # None: the very call as before
+    next_token = torch.multinomial(probs_sort, num_samples=1, **own)
     return torch.gather(probs_idx, -1, next_token)
 
 # %% ../nbs/05a_sampling.ipynb #c14e4bfa
@@ -54,13 +55,15 @@ def apply_repetition_penalty(logits: torch.Tensor, prev_tokens: torch.Tensor, pe
 
 # %% ../nbs/05a_sampling.ipynb #05392385
 def next_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int = 0,
-               repetition_penalty: float = 1.0, prev_tokens: torch.Tensor | None = None) -> torch.Tensor:
+               repetition_penalty: float = 1.0, prev_tokens: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """Next token ids (bsz,) from last-position logits (bsz, vocab): repetition penalty over `prev_tokens`
-    (bsz, n), then greedy at temperature 0, else temperature, top-k and top-p sampling."""
+    (bsz, n), then greedy at temperature 0, else temperature, top-k and top-p sampling (drawn from `generator`,
+    None: torch's global one; a server gives each request its own, chapter 13)."""
     if repetition_penalty != 1.0:
         if prev_tokens is None: raise ValueError("a repetition penalty needs prev_tokens, the ids already in each row")
         logits = apply_repetition_penalty(logits.float(), prev_tokens, repetition_penalty)
     if temperature > 0:   # shift by the max first: a tiny temperature then sends the others to -inf, never inf - inf
         scaled = (logits.float() - logits.float().amax(-1, keepdim=True)) / temperature
-        return sample_top_p(torch.softmax(apply_top_k(scaled, top_k), dim=-1), top_p).reshape(-1)
+        return sample_top_p(torch.softmax(apply_top_k(scaled, top_k), dim=-1), top_p, generator).reshape(-1)
     return torch.argmax(logits, dim=-1)                  # greedy: top-k cannot change the argmax
