@@ -288,9 +288,9 @@ def cmd_serve(a) -> int:
     key = a.api_key if a.api_key is not None else os.environ.get("LLAMA_LIT_API_KEY") or None
     sock = bind(a.host, a.port)
     try:
-        llm = _build(a, max_batch_size=1)                      # the engine keeps its own paged KV cache
         name = a.model_name or (a.model if a.ckpt_dir is None else os.path.basename(os.path.normpath(a.ckpt_dir)))
-        app = make_app(llm, name, key, max_running=a.max_running, block_size=a.block_size)
+        build = lambda: _build(a, max_batch_size=1)             # on the engine thread (ch 14); the engine keeps its
+        app = make_app(build, name, key, max_running=a.max_running, block_size=a.block_size)   # own paged KV cache
     except BaseException:
         sock.close(); raise
     host, port = sock.getsockname()[:2]

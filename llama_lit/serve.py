@@ -35,7 +35,7 @@ from .paged import Engine, RequestOutput, SamplingParams
 __all__ = ['ACCEPTED', 'DISCONNECTED', 'APIError', 'shutting_down', 'validation_error', 'TextPart', 'ChatMessage',
            'StreamOptions', 'CommonRequest', 'ChatCompletionRequest', 'CompletionRequest', 'parse_request',
            'StopStrings', 'Delta', 'Job', 'EngineThread', 'RequestStream', 'Shape', 'usage', 'ServeState', 'event',
-           'sse', 'make_app', 'bind', 'DrainingServer', 'serve']
+           'sse', 'engine_maker', 'make_app', 'bind', 'DrainingServer', 'serve']
 
 # %% ../nbs/14_serve.ipynb #7e9c8272
 class APIError(Exception):
@@ -230,12 +230,22 @@ class Job:
 
 # %% ../nbs/14_serve.ipynb #baed831b
 class EngineThread:
-    "The one thread that owns an Engine: requests, aborts and calls reach it through `inbox`."
-    def __init__(self, engine: Engine):
-        self.engine, self.inbox, self.jobs = engine, queue.SimpleQueue(), {}
+    """The one thread that owns an Engine: requests, aborts and calls reach it through `inbox`. Given a function, it
+    makes the Engine on that thread first (all torch work on one thread: see above); what that raises is raised here."""
+    def __init__(self, engine: Engine | Callable[[], Engine]):
+        self.inbox, self.jobs = queue.SimpleQueue(), {}
         self.draining, self.deadline, self.failed = False, None, None
-        self.thread = threading.Thread(target=self._loop, name="llama_lit-engine", daemon=True)
+        ready = Future()
+        self.thread = threading.Thread(target=self._run, args=(engine, ready), name="llama_lit-engine", daemon=True)
         self.thread.start()
+        ready.result()                                     # the engine made, or its error raised in this thread
+
+    def _run(self, engine, ready: Future) -> None:
+        try: self.engine = engine if isinstance(engine, Engine) else engine()
+        except BaseException as e:
+            ready.set_exception(e); return
+        ready.set_result(None)
+        self._loop()
 
     def submit(self, job: Job) -> None: self.inbox.put(("add", job))
     def abort(self, request_id: str) -> None: self.inbox.put(("abort", request_id))
@@ -414,10 +424,11 @@ def usage(d: Delta) -> dict:
 # %% ../nbs/14_serve.ipynb #112c763e
 class ServeState:
     "What the app's handlers share: the engine thread, the tokenizer, the model's name and the API key."
-    def __init__(self, engine: Engine, tokenizer, model_name: str, api_key: str | None = None):
-        self.worker, self.tokenizer = EngineThread(engine), tokenizer
+    def __init__(self, engine: Engine | Callable[[], Engine], tokenizer, model_name: str, api_key: str | None = None):
+        self.worker = EngineThread(engine)                  # a function: the engine is made on the engine thread
+        self.tokenizer = tokenizer or self.worker.engine.llm.tokenizer
         self.model_name, self.api_key = model_name, api_key
-        self.context, self.created = engine.max_seq_len, int(time.time())
+        self.context, self.created = self.worker.engine.max_seq_len, int(time.time())
 
     def authorize(self, request: Request) -> None:
         "401 unless the request carries `Authorization: Bearer <api_key>` (when the server has a key)."
@@ -515,13 +526,23 @@ async def _http_error(request: Request, e: StarletteHTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
     return APIError(f"{request.method} {request.url.path}: {e.detail}", None, code, e.status_code).response()
 
-def make_app(engine_or_llm: Engine | Llama, model_name: str = "llama_lit", api_key: str | None = None, *,
-             tokenizer=None, max_running: int = 8, block_size: int = 16) -> FastAPI:
-    "An OpenAI-compatible FastAPI app serving `engine_or_llm` under the name `model_name`."
-    if isinstance(engine_or_llm, Engine): engine = engine_or_llm
-    else: engine = Engine(engine_or_llm, block_size=block_size, max_running=max_running)
-    tokenizer = tokenizer or (engine_or_llm if isinstance(engine_or_llm, Llama) else engine.llm).tokenizer
-    state = ServeState(engine, tokenizer, model_name, api_key)
+def engine_maker(source, max_running: int = 8, block_size: int = 16) -> Engine | Callable[[], Engine]:
+    "An Engine as it is, else a function making one (on the engine thread) for a Llama or a function building it."
+    if isinstance(source, Engine): return source
+    if not (isinstance(source, Llama) or callable(source)):
+        raise TypeError(f"make_app serves an Engine, a Llama or a function that builds one, not {type(source)}")
+    def make():
+        llm = source if isinstance(source, Llama) else source()
+        return Engine(llm, block_size=block_size, max_running=max_running)
+    return make
+
+
+# %% ../nbs/14_serve.ipynb #5e7a1b90
+def make_app(engine_or_llm: Engine | Llama | Callable[[], Llama], model_name: str = "llama_lit",
+             api_key: str | None = None, *, tokenizer=None, max_running: int = 8, block_size: int = 16) -> FastAPI:
+    """An OpenAI-compatible FastAPI app serving `engine_or_llm` under the name `model_name`: an Engine, a Llama, or
+    a function that builds the Llama, called on the engine thread (the fastest on a CPU: one OpenMP team)."""
+    state = ServeState(engine_maker(engine_or_llm, max_running, block_size), tokenizer, model_name, api_key)
 
     @asynccontextmanager
     async def lifespan(app):
