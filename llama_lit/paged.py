@@ -170,7 +170,7 @@ class StepBatch:
     tokens: torch.Tensor                      # (n_tokens,) every chunk's tokens, flattened
     positions: torch.Tensor                   # (n_tokens,)
     slots: torch.Tensor                       # (n_tokens,) where each token's K and V are written in the pool
-    decodes: list                             # (first row, n, key slots (n, L), mask (n, 1, 1, L) or None) per group
+    decodes: list                             # (first row, n, key slots (n, L), mask (n, 1, 1, L), lengths) per group
     prefills: list                            # (first row, n, key slots (start + n,), mask (n, start + n) or None)
     sample_rows: torch.Tensor                 # (n_samples,) rows whose logits choose a next token
 
@@ -181,18 +181,19 @@ def _positions(chunk: _Chunk, device) -> torch.Tensor:
     return torch.arange(chunk.start, chunk.start + chunk.n, device=device)
 
 def _decode_group(decodes: list[_Chunk], first: int, block_size: int, device, pad: bool) -> tuple:
-    """(first row, n, key slots (n, L), mask) of single-token chunks: L their longest context; the shorter ones padded
-    with slot 0 and masked (pad=True), or mask None for one chunk (its L positions exactly)."""
+    """(first row, n, key slots (n, L), mask, lengths) of single-token chunks: L their longest context, the shorter
+    ones padded with slot 0; pad=True: masked, one attention call (lengths None); else each row's own length, the
+    keys gathered at once and attended row by row (mask None)."""
     longest = max(c.start + 1 for c in decodes)
     pos = torch.arange(longest, device=device)
     mask = torch.stack([pos <= c.start for c in decodes])                          # (n, L)
     slots = torch.stack([slot_ids(_table(c, device), pos.clamp(max=c.start), block_size) for c in decodes])
-    return first, len(decodes), slots.masked_fill(~mask, 0), (mask[:, None, None] if pad else None)
+    if pad: return first, len(decodes), slots.masked_fill(~mask, 0), mask[:, None, None], None
+    return first, len(decodes), slots.masked_fill(~mask, 0), None, [c.start + 1 for c in decodes]
 
 def _decode_groups(decodes: list[_Chunk], block_size: int, device, pad: bool) -> list:
-    "Every single-token chunk in one padded group (pad=True), or each in a group of its own."
-    if pad: return [_decode_group(decodes, 0, block_size, device, True)] if decodes else []
-    return [_decode_group([c], i, block_size, device, False) for i, c in enumerate(decodes)]
+    "Every single-token chunk in one group: padded and masked (pad=True), or with each row's length."
+    return [_decode_group(decodes, 0, block_size, device, pad)] if decodes else []
 
 def _prefill_index(chunks: list[_Chunk], first: int, block_size: int, device) -> list:
     "(first row, n, key slots, causal mask) of each multi-token chunk; mask None from position 0: is_causal."
@@ -235,10 +236,13 @@ class PagedForward:
         return f._head(h[0, batch.sample_rows][:, None])[:, 0]              # (n_samples, vocab_size)
 
 # %% ../nbs/13_paged.ipynb #5bb6dac2
-def _attend_decode(fast: FastForward, attn, q, k_flat, v_flat, slots, mask) -> torch.Tensor:
-    "Single-token queries q (n, n_heads, head_dim) in one attention call over their key slots (n, L)."
+def _attend_decode(fast: FastForward, attn, q, k_flat, v_flat, slots, mask, lengths) -> torch.Tensor:
+    """Single-token queries q (n, n_heads, head_dim) over their key slots (n, L), gathered in one go: one masked call
+    (lengths None), or one call per row over its own `lengths[r]` keys, the numbers of that sequence alone."""
     keys, values = k_flat[slots].transpose(1, 2), v_flat[slots].transpose(1, 2)   # (n, n_kv_heads, L, head_dim)
-    return fast._attend(attn, q[:, :, None], keys, values, mask, causal=False)[:, :, 0]
+    if lengths is None: return fast._attend(attn, q[:, :, None], keys, values, mask, causal=False)[:, :, 0]
+    return torch.cat([fast._attend(attn, q[r : r + 1, :, None], keys[r : r + 1, :, :n], values[r : r + 1, :, :n], None,
+                                   causal=False)[:, :, 0] for r, n in enumerate(lengths)])   # (n, n_heads, head_dim)
 
 def _attend_prefill(fast: FastForward, attn, q, k_flat, v_flat, keys, mask) -> torch.Tensor:
     "One chunk's queries q (n, n_heads, head_dim) against its sequence's slots `keys`, causally."
@@ -254,8 +258,8 @@ def attention(self: PagedForward, attn, fast, x, cos, sin, batch: StepBatch) -> 
     k_flat, v_flat = self.pool.k[i].view(-1, n_kv, hd), self.pool.v[i].view(-1, n_kv, hd)   # (n_blocks * bs, ...)
     k_flat[batch.slots], v_flat[batch.slots] = k[0], v[0]
     q = q[0]                                                         # (n_tokens, n_heads, head_dim)
-    outs = [_attend_decode(self.fast, attn, q[first : first + n], k_flat, v_flat, slots, mask)
-            for first, n, slots, mask in batch.decodes]
+    outs = [_attend_decode(self.fast, attn, q[first : first + n], k_flat, v_flat, slots, mask, lengths)
+            for first, n, slots, mask, lengths in batch.decodes]
     outs += [_attend_prefill(self.fast, attn, q[first : first + n], k_flat, v_flat, keys, mask)
              for first, n, keys, mask in batch.prefills]
     out = torch.cat(outs).reshape(1, q.shape[0], -1)                 # (1, n_tokens, n_heads * head_dim)

@@ -66,11 +66,10 @@ def test_greedy_equals_generate_for_staggered_requests(llm, prompts, want, block
 def test_decode_queries_one_call_each_or_padded_in_one_call():
     seqs = [paged._Seq(str(i), i, n, [1] * (n + 1), SamplingParams(), None, blocks=[i]) for i, n in enumerate((5, 5, 3))]
     chunks = [paged._Chunk(s, s.prompt_len, 1) for s in seqs]                       # contexts of 6, 6 and 4 positions
-    own = paged.step_batch(chunks, 8, "cpu").decodes
-    assert [(first, n, tuple(slots.shape), mask) for first, n, slots, mask in own] == [
-        (0, 1, (1, 6), None), (1, 1, (1, 6), None), (2, 1, (1, 4), None)]
-    (first, n, slots, mask), = paged.step_batch(chunks, 8, "cpu", pad=True).decodes
-    assert (first, n, slots.shape, mask.shape) == (0, 3, (3, 6), (3, 1, 1, 6))
+    (first, n, slots, mask, lengths), = paged.step_batch(chunks, 8, "cpu").decodes   # gathered at once, one call a row
+    assert (first, n, tuple(slots.shape), mask, lengths) == (0, 3, (3, 6), None, [6, 6, 4])
+    (first, n, slots, mask, lengths), = paged.step_batch(chunks, 8, "cpu", pad=True).decodes
+    assert (first, n, slots.shape, mask.shape, lengths) == (0, 3, (3, 6), (3, 1, 1, 6), None)
     assert slots[2].tolist() == [16, 17, 18, 19, 0, 0] and mask[2, 0, 0].tolist() == [True] * 4 + [False] * 2
 
 
