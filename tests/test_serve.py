@@ -326,13 +326,13 @@ def whole_again(s: LiveServer, within: float) -> float:
 def test_disconnect_mid_stream_frees_blocks_at_once(slow_server):
     s = slow_server()
     body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 200, "temperature": 0, "stream": True}
-    with httpx.Client(timeout=30) as http:                   # 200 tokens at 20 ms a step: 4 s if nobody hung up
+    with httpx.Client(timeout=30) as http:                   # 200 tokens at >= 20 ms a step: >= 4 s if nobody hung up
         with http.stream("POST", s.url + "/v1/completions", json=body) as r:
             lines = r.iter_lines()                           # kept: a dropped iterator closes the connection
             assert next(lines).startswith("data: ")
             state = s.engine(lambda e: (e.has_unfinished(), e.pool.n_free(), e.pool.n_blocks))
             assert state[0] and state[1] < state[2], state                      # in flight
-    assert whole_again(s, within=1.5) < 1.5
+    assert whole_again(s, within=3.0) < 3.0             # a loaded CI machine: still well under 4 s
     r = httpx.post(s.url + "/v1/completions", json={**body, "stream": False, "max_tokens": 2})   # still serving
     assert r.json()["usage"]["completion_tokens"] == 2
 
@@ -342,7 +342,7 @@ def test_disconnect_while_waiting_for_a_whole_response(slow_server):
     body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 200, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(s.url + "/v1/completions", json=body, timeout=0.5)
-    assert whole_again(s, within=1.5) < 1.5
+    assert whole_again(s, within=3.0) < 3.0             # a loaded CI machine: still well under 4 s
 
 
 def refused_soon(url: str, within: float = 5.0) -> bool:
