@@ -355,16 +355,21 @@ def refused_soon(url: str, within: float = 5.0) -> bool:
     return False
 
 
-def test_drain_finishes_running_requests_then_stops(slow_server):
-    s = slow_server(drain_timeout=30)
-    body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 40, "temperature": 0, "stream": True}
+def drained_stream(s: LiveServer, max_tokens: int) -> list[str]:
+    "The non-empty lines of a stream that was running when the server began to drain (as on SIGTERM)."
+    body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": max_tokens, "temperature": 0, "stream": True}
     with httpx.Client(timeout=30) as http:
         with http.stream("POST", s.url + "/v1/completions", json=body) as r:
             lines = r.iter_lines()
             next(lines)
             s.drain()                                        # what SIGTERM does
             assert refused_soon(s.url + "/health")            # no new connections while draining
-            events = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+            return [x for x in lines if x]
+
+
+def test_drain_finishes_running_requests_then_stops(slow_server):
+    s = slow_server(drain_timeout=30)
+    events = [json.loads(x[6:]) for x in drained_stream(s, 40) if x.startswith("data: {")]
     assert events[-1]["choices"][0]["finish_reason"] == "length" and "error" not in events[-1]
     s.thread.join(10)
     assert not s.thread.is_alive()
@@ -372,13 +377,7 @@ def test_drain_finishes_running_requests_then_stops(slow_server):
 
 def test_drain_timeout_ends_the_rest_with_an_error_event(slow_server):
     s = slow_server(drain_timeout=0.3)
-    body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 200, "temperature": 0, "stream": True}
-    with httpx.Client(timeout=30) as http:
-        with http.stream("POST", s.url + "/v1/completions", json=body) as r:
-            lines = r.iter_lines()
-            next(lines)
-            s.drain()
-            rest = [x for x in lines if x]
+    rest = drained_stream(s, 200)
     assert rest[-1] == "data: [DONE]"
     err = json.loads(rest[-2][6:])["error"]
     assert err["code"] == "server_shutdown" and "did not finish" in err["message"]
