@@ -91,6 +91,7 @@ class TextPart(BaseModel):
     text: str
 
 class ChatMessage(BaseModel):
+    "One message of a chat request: a role and its content (a string, or a list of text parts)."
     model_config = _STRICT
     role: Literal["system", "developer", "user", "assistant"]     # developer: OpenAI's newer name for system
     content: str | list[TextPart]
@@ -101,6 +102,7 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 class StreamOptions(BaseModel):
+    "`stream_options`: whether each streamed chunk carries the usage so far."
     model_config = _STRICT
     include_usage: bool = False
 
@@ -137,6 +139,7 @@ class CommonRequest(BaseModel):
 
 # %% ../nbs/14_serve.ipynb #7dd841a2
 class ChatCompletionRequest(CommonRequest):
+    "The body of POST /v1/chat/completions."
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
     logprobs: bool = False
@@ -150,6 +153,7 @@ class ChatCompletionRequest(CommonRequest):
             raise APIError("max_completion_tokens: differs from max_tokens; send one of them", "max_completion_tokens")
 
 class CompletionRequest(CommonRequest):
+    "The body of POST /v1/completions."
     prompt: str | list[int] | list[str]                  # a list of strings: one, as some clients send it
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0)
