@@ -19,7 +19,7 @@ from .core import patch
 from .fast import FastForward
 from .generation import Llama, mask_unknown_ids
 from .parallel import is_model_parallel
-from .sampling import next_token
+from .sampling import check_sampling, next_token
 
 # %% auto #0
 __all__ = ['SamplingParams', 'RequestOutput', 'blocks_for', 'slot_ids', 'BlockPool', 'paged_cache_bytes', 'StepBatch',
@@ -28,8 +28,9 @@ __all__ = ['SamplingParams', 'RequestOutput', 'blocks_for', 'slot_ids', 'BlockPo
 # %% ../nbs/13_paged.ipynb #dff1fbf5
 _TORCH_SEEDS = (-(1 << 63), (1 << 64) - 1)                 # what torch.Generator.manual_seed accepts
 
-def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
 
 @dataclass
 class SamplingParams:
@@ -44,17 +45,16 @@ class SamplingParams:
 
     def check(self) -> None:
         "ValueError naming the field of a setting the engine cannot run."
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+        if not _int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:      # NaN fails too
+        if not _num(self.temperature) or self.temperature < 0:                  # finite: NaN and inf fail
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+        if not _num(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be a number in (0, 1] (1 = off), got {self.top_p!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not isinstance(self.stop_token_ids, (tuple, list)) or not all(map(_is_int, self.stop_token_ids)):
+        check_sampling(top_k=self.top_k)                                        # chapter 05a's rule
+        if not isinstance(self.stop_token_ids, (tuple, list)) or not all(map(_int, self.stop_token_ids)):
             raise ValueError(f"stop_token_ids must be a tuple of token ids, got {self.stop_token_ids!r}")
-        if self.seed is not None and not (_is_int(self.seed) and _TORCH_SEEDS[0] <= self.seed <= _TORCH_SEEDS[1]):
+        if self.seed is not None and not (_int(self.seed) and _TORCH_SEEDS[0] <= self.seed <= _TORCH_SEEDS[1]):
             raise ValueError(f"seed must be None or an integer in [-2**63, 2**64), got {self.seed!r}")
         if not isinstance(self.logprobs, bool):
             raise ValueError(f"logprobs must be True or False, got {self.logprobs!r}")
@@ -276,8 +276,8 @@ class Engine:
         sizes = dict(block_size=block_size, max_running=max_running)
         if n_blocks is not None: sizes["n_blocks"] = n_blocks           # None: the default, below
         for name, v in sizes.items():
-            if not _is_int(v) or v < 1: raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not _is_int(max_step_tokens) or max_step_tokens < max_running:
+            if not _int(v) or v < 1: raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not _int(max_step_tokens) or max_step_tokens < max_running:
             raise ValueError(f"max_step_tokens must be an integer >= max_running={max_running} (a decode token "
                              f"for each running request), got {max_step_tokens!r}")
         self.llm, p = llm, llm.model.params
@@ -308,7 +308,7 @@ def _check_prompt(self: Engine, request_id, prompt_token_ids) -> None:
     if not isinstance(prompt_token_ids, (list, tuple)) or not prompt_token_ids:
         raise ValueError("the prompt needs at least one token id (encode with bos=True)")
     vocab = self.llm.model.params.vocab_size
-    bad = [t for t in prompt_token_ids if not (_is_int(t) and 0 <= t < vocab)]
+    bad = [t for t in prompt_token_ids if not (_int(t) and 0 <= t < vocab)]
     if bad: raise ValueError(f"token id {bad[0]!r} is not in the vocabulary (0..{vocab - 1})")
     n = len(prompt_token_ids)
     if n >= self.max_seq_len: raise ValueError(f"a prompt of {n} tokens leaves no room in the context of "
