@@ -35,6 +35,7 @@ from .gguf import (BlockEmbedding, FLOAT_TYPES, dequantize_shard, dequantize_ten
 from .quant import check_device, check_one_process, gguf_qlinear, quant_linears, quantize_model, swap_linears
 from . import kernels as cpu_kernels
 from . import kquants
+from .step import cpp_step                                  # chapter 11c: the decode step in C++
 
 # %% auto #0
 __all__ = ['KERNEL_QUANTS', 'checkpoint_format', 'open_checkpoint', 'read_model_params', 'check_model_files',
@@ -319,10 +320,13 @@ def float_kernels(model: Transformer) -> Transformer:
                                 if (k := cpu_kernels.float_kernel(m)) is not None})
 
 def fast_forward(model: Transformer, compile: bool = False, kernels: bool = False) -> FastForward:
-    "The forward `Llama.build` gives the loop: FastForward, with the CPU kernels' fused and float matrices if kernels."
+    """The forward `Llama.build` gives the loop: FastForward, with the CPU kernels' fused and float matrices if kernels,
+    and then chapter 11c's C++ decode step where it runs the model (compile=True: torch.compile's step instead)."""
     if not kernels: return FastForward(model, compile=compile)
     float_kernels(model)
-    return FastForward(model, compile=compile, fuse=kernel_fuse, float_linear=cpu_kernels.float_kernel)
+    f = FastForward(model, compile=compile, fuse=kernel_fuse, float_linear=cpu_kernels.float_kernel)
+    if not compile: f.step = cpp_step(f)
+    return f
 
 # %% ../nbs/12_build.ipynb #88a361fb
 def auto_quant(src, fmt: str, mp: int, device) -> str | None:

@@ -101,9 +101,10 @@ class FastForward(nn.Module):
     "Generation forward over `model`'s own weights and caches: last position's logits, SDPA, F.rms_norm, F.linear."
     def __init__(self, model: Transformer, compile: bool = False, last_only: bool = True, sdpa: bool = True,
                  fused_norm: bool = True, plain_linear: bool = True, fuse=None, float_linear=None,
-                 lean_decode: bool = True):
+                 lean_decode: bool = True, step=None):
         super().__init__()
         self.model, self.last_only, self.sdpa, self.fused_norm = model, last_only, sdpa, fused_norm
+        self.step = step                                            # chapter 11c's C++ step and ops; None: torch's
         mp = fs_init.get_model_parallel_world_size()
         self.plain_linear = plain_linear and mp == 1
         group = fs_init.get_model_parallel_group().group_name if plain_linear and mp > 1 else None
@@ -125,6 +126,7 @@ class FastForward(nn.Module):
         if seqlen == 1 and self.decode is not None:
             pos = torch.tensor([start_pos], device=tokens.device)
             return self.decode(self._embed(tokens), pos, self.span(start_pos))   # the lookup outside the graph
+        if seqlen == 1 and self.step is not None: return self.step(self, tokens, start_pos)   # C++ (ch. 11c)
         if seqlen == 1 and self.lean_decode: return self._decode_lean(tokens, start_pos)   # fewer ops, below
         cos, sin = self.cos[start_pos : start_pos + seqlen], self.sin[start_pos : start_pos + seqlen]
         mask = None                                                 # from position 0: is_causal, no mask tensor at all
@@ -144,6 +146,7 @@ class FastForward(nn.Module):
         if moved: self.caches = [head_major_cache(layer.attention) for layer in self.model.layers]
         if self.cos.device != tokens.device:
             self.cos, self.sin, moved = self.cos.to(tokens.device), self.sin.to(tokens.device), True
+            if tokens.device.type != "cpu": self.step = None           # the C++ step runs on the CPU only
         if moved and self.decode is not None:                       # its graphs hold the old tensors
             self._mark_static()
             self.decode = self._compile_decode()
@@ -201,6 +204,7 @@ def _embed(self: FastForward, tokens):
 def _norm(self: FastForward, norm, x):
     "RMSNorm as chapter 01 defines it (statistics in float32); with fused_norm, as one F.rms_norm call."
     if not self.fused_norm: return norm(x)
+    if self._cpp(x) and norm.weight.dtype == torch.float32: return self.step.rms_norm(x, norm.weight, norm.eps)
     if x.dtype == norm.weight.dtype == torch.float32:           # nothing to convert: the weight inside the call
         return F.rms_norm(x, (x.shape[-1],), norm.weight, eps=norm.eps)
     return F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).type_as(x) * norm.weight
@@ -252,11 +256,22 @@ def _blocks(self: FastForward, h, attention):
     for layer, fast, (kc, vc) in zip(self.model.layers, self.linears, self.caches):
         h = h + attention(layer.attention, fast, kc, vc, self._norm(layer.attention_norm, h))
         ff = layer.feed_forward
-        x = self._norm(layer.ffn_norm, h)
-        if "w13" in fast: gate, up = fast["w13"](x).chunk(2, dim=-1)   # w1|w3 in one call
-        else: gate, up = self._linear(ff.w1, x), self._linear(ff.w3, x)
-        h = h + self._linear(fast["w2"] if "w2" in fast else ff.w2, F.silu(gate) * up)
+        act = self._swiglu(ff, fast, self._norm(layer.ffn_norm, h))
+        h = h + self._linear(fast["w2"] if "w2" in fast else ff.w2, act)
     return h
+
+@patch
+def _cpp(self: FastForward, x) -> bool:
+    "Whether chapter 11c's C++ ops take `x`: a step is set and x is float32 on the CPU."
+    return self.step is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+
+@patch
+def _swiglu(self: FastForward, ff, fast, x):
+    "silu(x W1ᵀ) ⊙ x W3ᵀ, w1|w3 in one call where fused; the product in C++ (chapter 11c) when the step runs."
+    if "w13" in fast: gate, up = fast["w13"](x).chunk(2, dim=-1)   # w1|w3 in one call: [gate | up]
+    else: gate, up = self._linear(ff.w1, x), self._linear(ff.w3, x)
+    if self._cpp(gate): return self.step.silu_mul(gate, up)
+    return F.silu(gate) * up
 
 @patch
 def _head(self: FastForward, h):

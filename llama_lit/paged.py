@@ -240,6 +240,9 @@ def _attend_decode(fast: FastForward, attn, q, k_flat, v_flat, slots, mask, leng
     """Single-token queries q (n, n_heads, head_dim) over their key slots (n, L), gathered in one go: one masked call
     (lengths None), or one call per row over its own `lengths[r]` keys, the numbers of that sequence alone."""
     keys, values = k_flat[slots].transpose(1, 2), v_flat[slots].transpose(1, 2)   # (n, n_kv_heads, L, head_dim)
+    if fast._cpp(q):                                                  # chapter 11c's C++, as Llama.generate's steps
+        lengths = mask.flatten(1).sum(1) if lengths is None else lengths
+        return fast.step.decode_attention(q, keys, values, lengths)
     if lengths is None: return fast._attend(attn, q[:, :, None], keys, values, mask, causal=False)[:, :, 0]
     return torch.cat([fast._attend(attn, q[r : r + 1, :, None], keys[r : r + 1, :, :n], values[r : r + 1, :, :n], None,
                                    causal=False)[:, :, 0] for r, n in enumerate(lengths)])   # (n, n_heads, head_dim)

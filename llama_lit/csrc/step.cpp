@@ -1,9 +1,8 @@
 // ---- section: step_headers ----
-// One decode step in C++: llama2.c's `forward` over this library's kernels. Python hands over, once per step, the
-// embedded tokens and lists of every tensor the step reads; the loop over the layers, RMSNorm, RoPE, the cache write,
-// attention, SwiGLU and the residual adds run here, and each matrix is the registered kernel of its kind, called
-// through the dispatcher (so a Q4_1, Q5_0, Q8_0, K-quant or float matrix is the same call).
-// An experiment kept beside the package (bench/decode_step.py compiles and measures it): not yet in the package.
+// One decode step in C++ (chapter 11c): llama2.c's `forward` over this library's kernels. Python hands over, once
+// per step, the embedded tokens and lists of every tensor the step reads; the loop over the layers, RMSNorm, RoPE,
+// the cache write, attention, SwiGLU and the residual adds run here, and each matrix is the registered kernel of its
+// kind, called through the dispatcher (so a Q4_1, Q5_0, Q8_0, K-quant or float matrix is the same call).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -11,7 +10,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -86,6 +87,18 @@ __attribute__((optimize("fp-contract=off"))) void rope_pairs(float* x, int64_t n
   }
 }
 
+// The same as an operator, for the tests: x (n, heads, head_dim) rotated at one position's cos, sin (head_dim/2,).
+at::Tensor rope(at::Tensor x, at::Tensor cos, at::Tensor sin) {
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.size(2) % 2 == 0 && x.device().is_cpu(),
+              "rope: x must be CPU float32 (n, heads, head_dim), head_dim even");
+  for (const at::Tensor* t : {&cos, &sin})
+    TORCH_CHECK(t->dim() == 1 && t->scalar_type() == at::kFloat && t->size(0) * 2 == x.size(2) && t->is_contiguous(),
+                "rope: cos and sin must be contiguous float32 (head_dim/2,)");
+  auto y = x.contiguous().clone();
+  rope_pairs(y.data_ptr<float>(), y.size(0) * y.size(1), y.size(2), cos.data_ptr<float>(), sin.data_ptr<float>());
+  return y;
+}
+
 // ---- section: attend_row ----
 // A dot product the compiler vectorizes: 16 partial sums (a reduction in one sum would keep it scalar).
 inline float dot(const float* a, const float* b, int64_t n) {
@@ -99,13 +112,13 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// One query q (hd) against L keys and values (rows `stride` floats apart): softmax(q.K^T / sqrt(hd)) V into out.
-void attend_row(const float* q, const float* K, const float* V, int64_t L, int64_t hd, int64_t stride, float* out,
-                float* scores) {
+// One query q (hd) against L keys and values (rows ks and vs floats apart): softmax(q.K^T / sqrt(hd)) V into out.
+void attend_row(const float* q, const float* K, const float* V, int64_t L, int64_t hd, int64_t ks, int64_t vs,
+                float* out, float* scores) {
   const float scale = 1.0f / std::sqrt((float)hd);
   float mx = -INFINITY;
   for (int64_t j = 0; j < L; ++j) {
-    const float* k = K + j * stride;
+    const float* k = K + j * ks;
     scores[j] = dot(q, k, hd) * scale;
     mx = std::max(mx, scores[j]);
   }
@@ -113,14 +126,14 @@ void attend_row(const float* q, const float* K, const float* V, int64_t L, int64
   for (int64_t j = 0; j < L; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
   for (int64_t t = 0; t < hd; ++t) out[t] = 0;
   for (int64_t j = 0; j < L; ++j) {
-    const float p = scores[j] / sum, *v = V + j * stride;
+    const float p = scores[j] / sum, *v = V + j * vs;
     for (int64_t t = 0; t < hd; ++t) out[t] += p * v[t];
   }
 }
 
 // ---- section: decode_attention ----
-// Single-token queries q (n, n_heads, hd) against keys and values (n, n_kv_heads, >= L, hd) (strided along the
-// first two dims, rows of hd contiguous): row r attends over its first lengths[r] keys; query head h reads kv head
+// Single-token queries q (n, n_heads, hd) against keys and values (n, n_kv_heads, >= L, hd) (any strides but the
+// last: each key's hd values contiguous): row r attends over its first lengths[r] keys; query head h reads kv head
 // h / (n_heads / n_kv_heads) (repeat_kv's order). Out (n, n_heads, hd); (row, head) pairs spread over the threads.
 at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor lengths) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(),
@@ -128,9 +141,9 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor
   const int64_t n = q.size(0), nh = q.size(1), hd = q.size(2);
   for (const at::Tensor* t : {&k, &v})
     TORCH_CHECK(t->dim() == 4 && t->scalar_type() == at::kFloat && t->size(0) == n && t->size(3) == hd &&
-                    t->stride(3) == 1 && t->stride(2) == hd && nh % t->size(1) == 0,
-                "decode_attention: k and v must be float32 (n, n_kv_heads, L, head_dim) with rows of head_dim "
-                "contiguous and n_kv_heads dividing n_heads");
+                    t->stride(3) == 1 && t->size(1) == k.size(1) && t->size(2) == k.size(2) && nh % t->size(1) == 0,
+                "decode_attention: k and v must be float32 (n, n_kv_heads, L, head_dim), each key's head_dim values "
+                "contiguous, n_kv_heads dividing n_heads");
   TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == n && lengths.scalar_type() == at::kLong,
               "decode_attention: lengths must be int64 (n,)");
   const int64_t nkv = k.size(1), rep = nh / nkv, Lmax = k.size(2);
@@ -145,7 +158,7 @@ at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t r = p / nh, h = p % nh, g = h / rep;
       attend_row(Q + p * hd, Kp + r * k.stride(0) + g * k.stride(1), Vp + r * v.stride(0) + g * v.stride(1),
-                 len[r], hd, hd, O + p * hd, scores.data());
+                 len[r], hd, k.stride(2), v.stride(2), O + p * hd, scores.data());
     }
   });
   return out;
@@ -177,6 +190,20 @@ at::Tensor call_slot(const std::vector<Linear>& slot, const at::Tensor& x) {
   return at::cat(ys, 1);
 }
 
+// The dispatcher's handle of `llama_lit::<name>`, looked up once per name (a step names ~200 matrices).
+c10::OperatorHandle kernel_op(const std::string& name) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, c10::OperatorHandle> ops;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = ops.find(name);
+  if (it == ops.end()) {
+    auto op = c10::Dispatcher::singleton().findSchema({"llama_lit::" + name, ""});
+    TORCH_CHECK(op.has_value(), "decode_step: no kernel llama_lit::", name, " (load the kernels first)");
+    it = ops.emplace(name, *op).first;
+  }
+  return it->second;
+}
+
 // ---- section: unpack_slots ----
 // The step's matrices from the flat lists Python passes: ops[i] the kernel of matrix i, n_args[i] how many of
 // `weights` are its tensors, slots[s] how many matrices slot s joins (4 slots per layer: qkv, wo, w13, w2; then the
@@ -187,7 +214,7 @@ std::vector<std::vector<Linear>> unpack_slots(at::TensorList weights, const c10:
   std::vector<Linear> lins;
   size_t at_w = 0;
   for (size_t i = 0; i < ops.size(); ++i) {
-    auto op = c10::Dispatcher::singleton().findSchemaOrThrow(("llama_lit::" + ops.get(i)).c_str(), "");
+    auto op = kernel_op(ops.get(i));
     TORCH_CHECK(at_w + n_args[i] <= weights.size(), "decode_step: n_args asks for more weights than given");
     lins.push_back({op, std::vector<at::Tensor>(weights.begin() + at_w, weights.begin() + at_w + n_args[i])});
     at_w += n_args[i];
@@ -222,6 +249,9 @@ at::Tensor decode_step(at::Tensor h, int64_t pos, at::TensorList weights, const 
     TORCH_CHECK(c.dim() == 4 && c.scalar_type() == at::kFloat && c.is_contiguous() && c.size(0) >= bsz &&
                     c.size(1) == n_kv_heads && c.size(3) == hd && pos < c.size(2),
                 "decode_step: caches must be contiguous float32 (>= bsz, n_kv_heads, > pos, head_dim)");
+  TORCH_CHECK(cos.dim() == 2 && cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.sizes() == cos.sizes() &&
+                  sin.scalar_type() == at::kFloat && sin.is_contiguous(),
+              "decode_step: cos and sin must be contiguous float32 (max_seq_len, head_dim/2)");
   TORCH_CHECK(pos >= 0 && pos < cos.size(0), "decode_step: pos ", pos, " outside the RoPE tables");
   const auto lin = unpack_slots(weights, ops, n_args, slots);
   h = h.contiguous().clone();                                   // (bsz, dim): the residual stream, added to in place
@@ -256,6 +286,7 @@ at::Tensor decode_step(at::Tensor h, int64_t pos, at::TensorList weights, const 
 TORCH_LIBRARY_FRAGMENT(llama_lit, lib) {
   lib.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
   lib.def("silu_mul(Tensor gu) -> Tensor");
+  lib.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   lib.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor lengths) -> Tensor");
   lib.def("decode_step(Tensor h, int pos, Tensor[] weights, str[] ops, int[] n_args, int[] slots, Tensor[] norms, "
           "Tensor(a!)[] caches, Tensor cos, Tensor sin, int n_heads, int n_kv_heads, float eps) -> Tensor");
@@ -264,6 +295,7 @@ TORCH_LIBRARY_FRAGMENT(llama_lit, lib) {
 TORCH_LIBRARY_IMPL(llama_lit, CPU, lib) {
   lib.impl("rms_norm", &rms_norm);
   lib.impl("silu_mul", &silu_mul);
+  lib.impl("rope", &rope);
   lib.impl("decode_attention", &decode_attention);
   lib.impl("decode_step", &decode_step);
 }
