@@ -249,17 +249,7 @@ def _attention(self: FastForward, attn, fast, kc, vc, x, cos, sin, start_pos: in
                        causal=mask is None and seqlen > 1)      # (bsz, n_heads, seqlen, head_dim)
     return self._linear(fast["wo"] if "wo" in fast else attn.wo, out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
-# %% ../nbs/07_fast.ipynb #e914a4b2
-@patch
-def _blocks(self: FastForward, h, attention):
-    "All transformer blocks over the hidden states h (bsz, seqlen, dim), with `attention(attn, fast, kc, vc, x)`."
-    for layer, fast, (kc, vc) in zip(self.model.layers, self.linears, self.caches):
-        h = h + attention(layer.attention, fast, kc, vc, self._norm(layer.attention_norm, h))
-        ff = layer.feed_forward
-        act = self._swiglu(ff, fast, self._norm(layer.ffn_norm, h))
-        h = h + self._linear(fast["w2"] if "w2" in fast else ff.w2, act)
-    return h
-
+# %% ../nbs/07_fast.ipynb #46a3e9c0
 @patch
 def _cpp(self: FastForward, x) -> bool:
     "Whether chapter 11c's C++ ops take `x`: a step is set and x is float32 on the CPU."
@@ -272,6 +262,17 @@ def _swiglu(self: FastForward, ff, fast, x):
     else: gate, up = self._linear(ff.w1, x), self._linear(ff.w3, x)
     if self._cpp(gate): return self.step.silu_mul(gate, up)
     return F.silu(gate) * up
+
+# %% ../nbs/07_fast.ipynb #e914a4b2
+@patch
+def _blocks(self: FastForward, h, attention):
+    "All transformer blocks over the hidden states h (bsz, seqlen, dim), with `attention(attn, fast, kc, vc, x)`."
+    for layer, fast, (kc, vc) in zip(self.model.layers, self.linears, self.caches):
+        h = h + attention(layer.attention, fast, kc, vc, self._norm(layer.attention_norm, h))
+        ff = layer.feed_forward
+        act = self._swiglu(ff, fast, self._norm(layer.ffn_norm, h))
+        h = h + self._linear(fast["w2"] if "w2" in fast else ff.w2, act)
+    return h
 
 @patch
 def _head(self: FastForward, h):

@@ -45,15 +45,15 @@ fi
 caps=$("$bin/python" -c 'from llama_lit.quant import cpu_capabilities; print(*cpu_capabilities()[:-1])')
 for cap in $caps; do
   echo "== quantization, kernel and GGUF tests under ATEN_CPU_CAPABILITY=$cap"
-  ATEN_CPU_CAPABILITY=$cap "$bin/python" -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_kernels.py tests/test_kquants.py tests/test_gguf.py
-  for nb in 09_gguf 10_quant 11_kernels 11b_kquants; do ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/$nb.ipynb; done
+  ATEN_CPU_CAPABILITY=$cap "$bin/python" -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_kernels.py tests/test_kquants.py tests/test_step.py tests/test_gguf.py
+  for nb in 09_gguf 10_quant 11_kernels 11b_kquants 11c_step; do ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/$nb.ipynb; done
 done
 
 # The kernels have an AVX2 and an AVX-512 variant (chapter 11); the full run uses the CPU's own. On an AVX-512 CPU,
 # run their tests once more with the AVX2 variant as the default (the tests also switch both in one process).
 if "$bin/python" -c 'import sys; from llama_lit.kernels import cpu_isas; sys.exit("avx512" not in cpu_isas())'; then
   echo "== kernel tests under LLAMA_LIT_KERNELS_ISA=avx2"
-  LLAMA_LIT_KERNELS_ISA=avx2 "$bin/python" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kquants.py tests/test_memory.py
+  LLAMA_LIT_KERNELS_ISA=avx2 "$bin/python" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kquants.py tests/test_step.py tests/test_memory.py
 fi
 
 echo "== pytest"

@@ -80,7 +80,8 @@ def test_the_wheel_ships_the_kernels_source(venv):
     _, d = venv
     with zipfile.ZipFile(next((d / "dist").glob("llama_lit-*.whl"))) as z:
         cpp = [n for n in z.namelist() if n.startswith("llama_lit/csrc/")]
-        assert cpp == ["llama_lit/csrc/isa.h", "llama_lit/csrc/kernels.cpp", "llama_lit/csrc/kquants.cpp"], cpp
+        assert cpp == ["llama_lit/csrc/isa.h", "llama_lit/csrc/kernels.cpp", "llama_lit/csrc/kquants.cpp",
+                       "llama_lit/csrc/step.cpp"], cpp
         for name in cpp: assert z.read(name) == (ROOT / name).read_bytes()
 
 
