@@ -151,13 +151,16 @@ class FastForward(nn.Module):
             self._mark_static()
             self.decode = self._compile_decode()
 
-    def static_tensors(self) -> list[torch.Tensor]:
-        "What a compiled decode step writes in place or reads that keeps its address: every K and V cache, cos, sin."
-        return [t for kv in self.caches for t in kv] + [self.cos, self.sin]
+# %% ../nbs/07_fast.ipynb #6ce0b757
+@patch
+def static_tensors(self: FastForward) -> list[torch.Tensor]:
+    "What a compiled decode step writes in place or reads that keeps its address: every K and V cache, cos, sin."
+    return [t for kv in self.caches for t in kv] + [self.cos, self.sin]
 
-    def _mark_static(self):
-        "torch._dynamo.mark_static_address on `static_tensors()`: CUDA graphs then accept the in-place cache writes."
-        for t in self.static_tensors(): torch._dynamo.mark_static_address(t)
+@patch
+def _mark_static(self: FastForward):
+    "torch._dynamo.mark_static_address on `static_tensors()`: CUDA graphs then accept the in-place cache writes."
+    for t in self.static_tensors(): torch._dynamo.mark_static_address(t)
 
 # %% ../nbs/07_fast.ipynb #7a4611ad
 @patch

@@ -141,11 +141,15 @@ def step_unsupported(f: FastForward) -> str | None:
 # %% ../nbs/11c_step.ipynb #2b701559
 class CppStep:
     "A FastForward's single-token steps as one C++ call (`llama_lit::decode_step`), and the ops its forward shares."
-    rms_norm, silu_mul, decode_attention = staticmethod(rms_norm), staticmethod(silu_mul), staticmethod(decode_attention)
-
     def __init__(self):
         load_step()
         self._lists, self._key = None, None
+
+    def rms_norm(self, x, w, eps): "This chapter's `rms_norm`, for FastForward's norms."; return rms_norm(x, w, eps)
+    def silu_mul(self, gate, up): "This chapter's `silu_mul`, for FastForward's SwiGLU."; return silu_mul(gate, up)
+    def decode_attention(self, q, k, v, lengths):
+        "This chapter's `decode_attention`, for chapter 13's batched decode steps."
+        return decode_attention(q, k, v, lengths)
 
     def lists(self, f: FastForward) -> dict:
         "`step_lists(f)`, built once and again when f's caches or RoPE tables have moved."

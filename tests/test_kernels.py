@@ -278,7 +278,7 @@ def test_cli_kernels_flag():
 @compiles_right
 def test_fast_path_fuses_the_kernels_and_agrees():
     """FastForward runs wq|wk|wv and w1|w3 as one kernel call each: the same tokens and logits, bit for bit, as one call
-    per matrix; its compiled decode step gives the eager step's logits. (Against the reference path of chapters 03-05
+    per matrix (the C++ step joining their outputs); its compiled decode step gives the C++ step's logits closely. (Against the reference path of chapters 03-05
     only closely: int8 activations turn a float rounding difference into a different integer now and then.)"""
     from llama_lit.build import fast_forward, quantize_for_kernels
     from llama_lit.config import ModelArgs
@@ -294,7 +294,8 @@ def test_fast_path_fuses_the_kernels_and_agrees():
     quantize_for_kernels(model, "int4")
     calls = []                                                  # every KernelLinear call, fused or not
     count = lambda mod, args: calls.append(1) if isinstance(mod, KernelLinear) else None
-    ff, one_each = fast_forward(model, kernels=True), FastForward(model)
+    ff = fast_forward(model, kernels=True)
+    one_each = FastForward(model, step=ff.step)                  # the same C++ decode step (ch. 11c), one slot each
     with torch.nn.modules.module.register_module_forward_pre_hook(count), torch.inference_mode():
         ff(torch.tensor([prompts()[1]]), 0); fused_calls = len(calls); calls.clear()
         one_each(torch.tensor([prompts()[1]]), 0)
