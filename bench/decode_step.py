@@ -17,6 +17,11 @@ import torch
 from llama_lit import Llama
 from llama_lit.assets import smollm2_path
 
+PROMPT = ("The river rises in the hills above the town, runs north through the old market, and meets the sea at a "
+          "harbour that has been rebuilt three times since the war. Ask anyone who lives there what they remember most "
+          "about it, and they will tell you")
+
+
 def greedy(f, fn, prompt, n):
     "n greedy tokens after `prompt` (1, S): the prompt through f, each next token through fn at its position."
     t = f(prompt, 0)[:, -1].argmax(-1, keepdim=True)               # (1, 1)
@@ -43,7 +48,8 @@ def main(argv=None):
         f.step = None
         try: return f(tokens, pos)
         finally: f.step = cpp
-    prompt = torch.randint(0, 1000, (1, 46), generator=torch.Generator().manual_seed(0))
+    ids = llm.tokenizer.encode(PROMPT, bos=True, eos=False)[:46]
+    prompt = torch.tensor([ids])                                             # (1, 46): real text, not random ids
     with torch.inference_mode():
         runs = {"eager (chapter 07's lean step)": eager, "C++ step (chapter 11c)": f}
         tokens = {k: greedy(f, fn, prompt, a.greedy) for k, fn in runs.items()}
@@ -52,7 +58,7 @@ def main(argv=None):
         for r in range(a.rounds):                                            # in turn: the same load on both
             for k, fn in runs.items():
                 t = time.perf_counter()
-                for i in range(a.steps): fn(prompt[:, :1], 46 + i)
+                for i in range(a.steps): fn(prompt[:, :1], prompt.shape[1] + i)
                 times[k].append((time.perf_counter() - t) / a.steps * 1e3)
     same = sum(x == y for x, y in zip(*tokens.values()))
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}; {a.threads} threads; "

@@ -151,7 +151,7 @@ class FastForward(nn.Module):
             self._mark_static()
             self.decode = self._compile_decode()
 
-# %% ../nbs/07_fast.ipynb #6ce0b757
+# %% ../nbs/07_fast.ipynb #b9153cbb
 @patch
 def static_tensors(self: FastForward) -> list[torch.Tensor]:
     "What a compiled decode step writes in place or reads that keeps its address: every K and V cache, cos, sin."
