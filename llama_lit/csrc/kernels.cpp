@@ -476,6 +476,13 @@ template <> inline __m256 load8<at::Half>(const at::Half* p) {            // f16
   return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
 }
 
+// The lines of 16 weights from p on, into the cache ahead of their use (never faults, even past the end): without it
+// the float rows ran at two thirds of the memory's bandwidth for bfloat16, whose widening leaves the loads sparse.
+template <typename W> inline void wf_prefetch(const W* p) {
+  _mm_prefetch((const char*)p, _MM_HINT_T0);
+  if (sizeof(W) * 16 > 64) _mm_prefetch((const char*)p + 64, _MM_HINT_T0);
+}
+
 template <typename W, int R>
 inline void wf_rows(const W* __restrict w, int64_t K, const float* __restrict x, float* __restrict out) {
   __m256 acc[R][2];
@@ -484,6 +491,7 @@ inline void wf_rows(const W* __restrict w, int64_t K, const float* __restrict x,
   for (; k + 16 <= K; k += 16) {
     const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
     for (int r = 0; r < R; ++r) {
+      wf_prefetch(w + (QPF * R + r) * K + k);                     // the same 16 weights QPF tiles ahead
       acc[r][0] = _mm256_fmadd_ps(load8(w + r * K + k), x0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(load8(w + r * K + k + 8), x1, acc[r][1]);
     }
@@ -517,6 +525,8 @@ void wf_rows_512(const W* __restrict w, int64_t K, const float* __restrict x, fl
   for (; k + 32 <= K; k += 32) {
     const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
     for (int r = 0; r < R; ++r) {
+      wf_prefetch(w + (QPF * R + r) * K + k);                     // 32 weights QPF tiles ahead
+      wf_prefetch(w + (QPF * R + r) * K + k + 16);
       acc[r][0] = _mm512_fmadd_ps(load16(w + r * K + k), x0, acc[r][0]);
       acc[r][1] = _mm512_fmadd_ps(load16(w + r * K + k + 16), x1, acc[r][1]);
     }
