@@ -136,3 +136,17 @@ def test_what_the_step_cannot_run_is_left_to_torch():
     assert "has no CPU kernel" in cstep.step_unsupported(FastForward(plain))
     assert cstep.cpp_step(FastForward(plain.to(torch.bfloat16))) is None
     assert fast_forward(tiny("q4_1"), compile=True, kernels=True).step is None   # compile=True: torch.compile's step
+
+
+@pytest.mark.parametrize("script, args", [("decode_step.py", ["--rounds", "1", "--steps", "2", "--greedy", "4"]),
+                                          ("float_kernel.py", ["--rounds", "1", "--dtypes", "bf16"])])
+def test_the_benchmarks_run(script, args):
+    "bench/decode_step.py and bench/float_kernel.py end to end, tiny settings: a smoke test, not a timing."
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / script), *args], capture_output=True, text=True,
+                       timeout=300, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ("C++ step speed-up over eager:" if script == "decode_step.py" else "bf16") in r.stdout
