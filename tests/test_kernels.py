@@ -170,12 +170,21 @@ def test_activation_rounding_is_bit_exact_on_the_real_model():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("M", [1, 5])
+@pytest.mark.parametrize("M", [1, 5, 46])
 @pytest.mark.parametrize("K", [200, 8, 32, 48, 576])
 def test_float_kernel(dtype, M, K, isa):
     w, x = torch.randn(131, K).to(dtype), torch.randn(M, K)    # 200: a multiple of 8, not of 16 or 32
     ref = (x.double() @ w.double().T).float()
     assert (float_linear(x, w) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_float_kernel_rows_do_not_depend_on_their_batch(dtype, isa):
+    "A prompt's rows go through 2 or 4 at a time, the rest singly, in one order of sums: each row as if alone."
+    w, x = torch.randn(37, 584).to(dtype), torch.randn(11, 584)              # 37: a last tile of one row
+    alone = torch.cat([float_linear(x[i : i + 1], w) for i in range(11)])
+    assert torch.equal(float_linear(x, w), alone)
+    assert torch.equal(float_linear(x[3:8], w), alone[3:8])
 
 
 def test_gguf_blocks_regrouped_bit_for_bit():

@@ -476,37 +476,37 @@ template <> inline __m256 load8<at::Half>(const at::Half* p) {            // f16
   return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
 }
 
-// The lines of 16 weights from p on, into the cache ahead of their use (never faults, even past the end): without it
-// the float rows ran at two thirds of the memory's bandwidth for bfloat16, whose widening leaves the loads sparse.
+// The line(s) holding 16 weights from p on, into the cache ahead of their use (never faults, even past the end).
 template <typename W> inline void wf_prefetch(const W* p) {
   _mm_prefetch((const char*)p, _MM_HINT_T0);
   if (sizeof(W) * 16 > 64) _mm_prefetch((const char*)p + 64, _MM_HINT_T0);
 }
 
-template <typename W, int R>
+// R weight rows against MX activation rows (x rows K apart): out[m * R + r] = x_m . w_r. Each 8 weights are widened
+// once and meet all MX rows, so a prompt's rows share the widening; one accumulator per (m, r), the same order of
+// sums whatever MX is, so a row's result never depends on the rows beside it in the batch.
+template <typename W, int R, int MX>
 inline void wf_rows(const W* __restrict w, int64_t K, const float* __restrict x, float* __restrict out) {
-  __m256 acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+  __m256 acc[MX][R];
+  for (int m = 0; m < MX; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {                            // K is a multiple of 8
+    __m256 xv[MX];
+    for (int m = 0; m < MX; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k);
     for (int r = 0; r < R; ++r) {
-      wf_prefetch(w + (QPF * R + r) * K + k);                     // the same 16 weights QPF tiles ahead
-      acc[r][0] = _mm256_fmadd_ps(load8(w + r * K + k), x0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(load8(w + r * K + k + 8), x1, acc[r][1]);
+      if (k % 16 == 0) wf_prefetch(w + (QPF * R + r) * K + k);  // the row QPF tiles ahead
+      const __m256 wv = load8(w + r * K + k);
+      for (int m = 0; m < MX; ++m) acc[m][r] = _mm256_fmadd_ps(wv, xv[m], acc[m][r]);
     }
   }
-  for (; k + 8 <= K; k += 8) {
-    const __m256 x0 = _mm256_loadu_ps(x + k);
-    for (int r = 0; r < R; ++r) acc[r][0] = _mm256_fmadd_ps(load8(w + r * K + k), x0, acc[r][0]);
-  }
-  for (int r = 0; r < R; ++r) out[r] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+  for (int m = 0; m < MX; ++m)
+    for (int r = 0; r < R; ++r) out[m * R + r] = hsum8(acc[m][r]);
 }
 
 // ---- section: float_rows_avx512 ----
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-// The same with 16 floats per register; K's last 8 (K is a multiple of 8) through the 256-bit load8 above.
+// The same with 16 floats per register; a row's last 8 (K is a multiple of 8) through masked loads of 8.
 template <typename W> inline __m512 load16(const W* p);
 template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
 template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
@@ -515,41 +515,75 @@ template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
 template <> inline __m512 load16<at::Half>(const at::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
 }
+template <typename W> inline __m512 load16_first8(const W* p);             // 8 weights, the upper 8 lanes zero
+template <> inline __m512 load16_first8<float>(const float* p) { return _mm512_maskz_loadu_ps(0xFF, p); }
+template <> inline __m512 load16_first8<at::BFloat16>(const at::BFloat16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(0xFF, p)), 16));
+}
+template <> inline __m512 load16_first8<at::Half>(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(0xFF, p));
+}
 
-template <typename W, int R>
+template <typename W, int R, int MX>
 void wf_rows_512(const W* __restrict w, int64_t K, const float* __restrict x, float* __restrict out) {
-  __m512 acc[R][2];
-  __m256 acc8[R];
-  for (int r = 0; r < R; ++r) { acc[r][0] = acc[r][1] = _mm512_setzero_ps(); acc8[r] = _mm256_setzero_ps(); }
+  __m512 acc[MX][R];
+  for (int m = 0; m < MX; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+  for (; k + 16 <= K; k += 16) {
+    __m512 xv[MX];
+    for (int m = 0; m < MX; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k);
     for (int r = 0; r < R; ++r) {
-      wf_prefetch(w + (QPF * R + r) * K + k);                     // 32 weights QPF tiles ahead
-      wf_prefetch(w + (QPF * R + r) * K + k + 16);
-      acc[r][0] = _mm512_fmadd_ps(load16(w + r * K + k), x0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(load16(w + r * K + k + 16), x1, acc[r][1]);
+      wf_prefetch(w + (QPF * R + r) * K + k);                     // the row QPF tiles ahead
+      const __m512 wv = load16(w + r * K + k);
+      for (int m = 0; m < MX; ++m) acc[m][r] = _mm512_fmadd_ps(wv, xv[m], acc[m][r]);
     }
   }
-  for (; k + 16 <= K; k += 16) {
-    const __m512 x0 = _mm512_loadu_ps(x + k);
-    for (int r = 0; r < R; ++r) acc[r][0] = _mm512_fmadd_ps(load16(w + r * K + k), x0, acc[r][0]);
+  if (k < K) {                                                     // the last 8
+    __m512 xv[MX];
+    for (int m = 0; m < MX; ++m) xv[m] = _mm512_maskz_loadu_ps(0xFF, x + m * K + k);
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = load16_first8(w + r * K + k);
+      for (int m = 0; m < MX; ++m) acc[m][r] = _mm512_fmadd_ps(wv, xv[m], acc[m][r]);
+    }
   }
-  if (k + 8 <= K) {
-    const __m256 x0 = _mm256_loadu_ps(x + k);
-    for (int r = 0; r < R; ++r) acc8[r] = _mm256_fmadd_ps(load8(w + r * K + k), x0, acc8[r]);
-  }
-  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + hsum8(acc8[r]);
+  for (int m = 0; m < MX; ++m)
+    for (int r = 0; r < R; ++r) out[m * R + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 #pragma GCC pop_options
 
 // ---- section: float_linear ----
+// Tiles of RT weight rows spread over the threads; in each, the activation rows MX at a time (4 with AVX-512's 32
+// registers, 2 with AVX2's 16), the rest one by one through the same order of sums; the last tile's rows one by one.
+template <typename W, int R, int MX>
+void wf_tile(bool wide, const W* w, int64_t K, const float* x, float* out) {
+  (wide ? wf_rows_512<W, R, MX> : wf_rows<W, R, MX>)(w, K, x, out);
+}
+
 template <typename W>
 void wf_linear_impl(const float* X, const W* Wt, float* Y, int64_t M, int64_t N, int64_t K) {
   const bool wide = llama_lit::current_isa() == llama_lit::AVX512;
-  over_row_tiles(M, N, std::max<int64_t>(1, 8192 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
-    auto rows = wide ? wf_rows_512<W, decltype(R)::value> : wf_rows<W, decltype(R)::value>;
-    rows(Wt + n * K, K, X + i * K, out);
+  const int64_t mx = wide ? 4 : 2;
+  at::parallel_for(0, (N + RT - 1) / RT, std::max<int64_t>(1, 8192 / (RT * K * std::max<int64_t>(M, 1))),
+                   [&](int64_t t0, int64_t t1) {
+    float tmp[4 * RT];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t * RT, left = std::min<int64_t>(RT, N - n);
+      for (int64_t r0 = 0; r0 < left; r0 += (left == RT ? RT : 1)) {      // a whole tile, or the last rows singly
+        const int64_t nr = left == RT ? RT : 1;
+        for (int64_t i = 0; i < M;) {
+          const int64_t m = nr == RT && M - i >= mx ? mx : 1;             // a single weight row: one x row
+          const W* w = Wt + (n + r0) * K;
+          if (nr == RT && m == 4) wf_tile<W, RT, 4>(wide, w, K, X + i * K, tmp);
+          else if (nr == RT && m == 2) wf_tile<W, RT, 2>(wide, w, K, X + i * K, tmp);
+          else if (nr == RT) wf_tile<W, RT, 1>(wide, w, K, X + i * K, tmp);
+          else wf_tile<W, 1, 1>(wide, w, K, X + i * K, tmp);
+          for (int64_t a = 0; a < m; ++a)
+            for (int64_t r = 0; r < nr; ++r) Y[(i + a) * N + n + r0 + r] = tmp[a * nr + r];
+          i += m;
+        }
+      }
+    }
   });
 }
 
