@@ -23,13 +23,14 @@ PROMPT = ("The river rises in the hills above the town, runs north through the o
 
 
 def greedy(f, fn, prompt, n):
-    "n greedy tokens after `prompt` (1, S): the prompt through f, each next token through fn at its position."
-    t = f(prompt, 0)[:, -1].argmax(-1, keepdim=True)               # (1, 1)
-    out = [int(t)]
+    """n greedy tokens after `prompt` (1, S): the prompt through f, each next token through fn at its position; and
+    the logits each token was chosen from."""
+    logits = [f(prompt, 0)[0, -1]]
+    out = [int(logits[-1].argmax())]
     for i in range(n - 1):
-        t = fn(t, prompt.shape[1] + i)[:, -1].argmax(-1, keepdim=True)
-        out.append(int(t))
-    return out
+        logits.append(fn(torch.tensor([[out[-1]]]), prompt.shape[1] + i)[0, -1])
+        out.append(int(logits[-1].argmax()))
+    return out, logits
 
 
 def main(argv=None):
@@ -60,13 +61,18 @@ def main(argv=None):
                 t = time.perf_counter()
                 for i in range(a.steps): fn(prompt[:, :1], prompt.shape[1] + i)
                 times[k].append((time.perf_counter() - t) / a.steps * 1e3)
-    same = sum(x == y for x, y in zip(*tokens.values()))
+    (a_tok, a_logits), (b_tok, _) = tokens.values()
+    same = next((i for i, (x, y) in enumerate(zip(a_tok, b_tok)) if x != y), len(a_tok))
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}; {a.threads} threads; "
           f"{Path(a.file or smollm2_path()).name}; median of {a.rounds} rounds of {a.steps} steps")
     print(f"{'decode step':32} {'ms/step':>8} {'tok/s':>7}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items(): print(f"{k:32} {v:8.2f} {1e3 / v:7.1f}")
-    print(f"greedy tokens equal: {same}/{a.greedy}")
+    if same == len(a_tok): print(f"greedy tokens equal: {same}/{a.greedy}")
+    else:
+        top = a_logits[same].topk(2).values.tolist()
+        print(f"greedy tokens equal: the first {same} of {a.greedy}; at the next, the eager step's top two logits "
+              f"are {top[0]:.3f} and {top[1]:.3f}")
     eager, cpp = med.values()
     print(f"C++ step speed-up over eager: {eager / cpp:.2f}")
 

@@ -187,6 +187,16 @@ def test_float_kernel_rows_do_not_depend_on_their_batch(dtype, isa):
     assert torch.equal(float_linear(x[3:8], w), alone[3:8])
 
 
+@pytest.mark.parametrize("kind", ["q4_1", "q5_0", "q5_1", "q8_0"])
+@pytest.mark.parametrize("K", [32, 96, 544, 576, 1536])
+def test_a_prompts_rows_have_the_bits_of_each_row_alone(kind, K, isa):
+    "With AVX-512 a prompt's tile is unpacked once and read back: each row's result is still the one-row kernel's."
+    kl = KernelLinear.from_float(torch.randn(39, K), kind)                  # 39: a last tile of three single rows
+    x = torch.randn(13, K)
+    alone = torch.cat([kl(x[i : i + 1]) for i in range(13)])
+    assert torch.equal(kl(x), alone)
+
+
 def test_gguf_blocks_regrouped_bit_for_bit():
     w = torch.randn(64, 320) * 0.05
     for T, split in ((QT.Q4_1, split_q4_1_blocks), (QT.Q4_0, split_q4_0_blocks)):

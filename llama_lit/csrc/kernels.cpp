@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 #include <vector>
 #include "isa.h"
 
@@ -223,10 +224,12 @@ inline void q4_1_rows(const uint8_t* __restrict qs, const uint32_t* __restrict q
 // The same on 512-bit registers, G = 4 blocks per step (activations in quantize_x(G=4)'s layout): one 64-byte load
 // of qs, and VNNI's vpdpbusd multiplies unsigned codes by signed activations and adds each 4 products into an int32
 // lane (no int16 step); lanes 4j..4j+3 hold block b+j. The last G = 2 or 1 blocks of a row use masked loads.
-template <int R, int F, int G>
+// MODE: 0 unpacks each weight vector and uses it; 1 also stores it in `buf`; 2 reads it back from `buf` (a prompt's
+// next activation rows against the same tile: the unpacking once per tile, the arithmetic the same bit for bit).
+template <int R, int F, int G, int MODE>
 __attribute__((always_inline)) inline void q4_1_group_512(const uint8_t* __restrict qs, const uint32_t* __restrict qh,
                                                           int64_t nb, int64_t b, int p, const int8_t* __restrict qy,
-                                                          const __m512* scl, __m512* acc) {
+                                                          const __m512* scl, __m512* acc, __m512i*& buf) {
   const int64_t rs = nb * 16;
   const __mmask64 bytes = G == 4 ? ~0ULL : (1ULL << (16 * G)) - 1;          // qs bytes (and y bytes) of G blocks
   const __mmask16 lanes = G == 4 ? 0xFFFF : (1u << (4 * G)) - 1;           // their int32 lanes
@@ -236,28 +239,35 @@ __attribute__((always_inline)) inline void q4_1_group_512(const uint8_t* __restr
   const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(p),                   // lanes 4j..4j+3: block p + j's scale
                                        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
   for (int r = 0; r < R; ++r) {
-    if (G == 4) _mm_prefetch((const char*)(qs + (QPF * R + r) * rs + b * 16), _MM_HINT_T0);
-    const __m512i q = _mm512_maskz_loadu_epi8(bytes, qs + r * rs + b * 16);
-    __m512i lo = _mm512_and_si512(q, lowmask), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), lowmask);
-    if constexpr (F != Q4_1F) {   // fifth bits of w0..15 of the G blocks, then of w16..31: one mask bit per byte
-      uint64_t lb = 0, hb = 0;
-      for (int j = 0; j < G; ++j) {
-        const uint64_t h = qh[r * nb + b + j];
-        lb |= (h & 0xFFFF) << (16 * j);
-        hb |= (h >> 16) << (16 * j);
+    __m512i lo, hi;
+    if constexpr (MODE == 2) {
+      lo = _mm512_loadu_si512(buf); hi = _mm512_loadu_si512(buf + 1);
+    } else {
+      if (G == 4) _mm_prefetch((const char*)(qs + (QPF * R + r) * rs + b * 16), _MM_HINT_T0);
+      const __m512i q = _mm512_maskz_loadu_epi8(bytes, qs + r * rs + b * 16);
+      lo = _mm512_and_si512(q, lowmask), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), lowmask);
+      if constexpr (F != Q4_1F) {   // fifth bits of w0..15 of the G blocks, then of w16..31: one mask bit per byte
+        uint64_t lb = 0, hb = 0;
+        for (int j = 0; j < G; ++j) {
+          const uint64_t h = qh[r * nb + b + j];
+          lb |= (h & 0xFFFF) << (16 * j);
+          hb |= (h >> 16) << (16 * j);
+        }
+        lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(_cvtu64_mask64(lb), bit5));
+        hi = _mm512_or_si512(hi, _mm512_maskz_mov_epi8(_cvtu64_mask64(hb), bit5));
       }
-      lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(_cvtu64_mask64(lb), bit5));
-      hi = _mm512_or_si512(hi, _mm512_maskz_mov_epi8(_cvtu64_mask64(hb), bit5));
+      if constexpr (MODE == 1) { _mm512_storeu_si512(buf, lo); _mm512_storeu_si512(buf + 1, hi); }
     }
+    if constexpr (MODE != 0) buf += 2;
     const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, ya), hi, yb);
     acc[r] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(idx, scl[r]), acc[r], lanes);
   }
 }
 
-template <int R, int F>
+template <int R, int F, int MODE = 0>
 void q4_1_rows_512(const uint8_t* __restrict qs, const uint32_t* __restrict qh, const uint16_t* __restrict dw,
                    const uint16_t* __restrict mw, int64_t K, const int8_t* __restrict qy, const float* __restrict dy,
-                   const float* __restrict sy, float* __restrict out) {
+                   const float* __restrict sy, float* __restrict out, __m512i* buf = nullptr) {
   const int64_t nb = K / QK;
   __m512 acc[R], macc[R], scl[R];
   for (int r = 0; r < R; ++r) { acc[r] = _mm512_setzero_ps(); macc[r] = _mm512_setzero_ps(); }
@@ -273,11 +283,21 @@ void q4_1_rows_512(const uint8_t* __restrict qs, const uint32_t* __restrict qh, 
       macc[r] = _mm512_fmadd_ps(m16, sy16, macc[r]);
     }
     int p = 0;
-    for (; p + 4 <= cnt; p += 4) q4_1_group_512<R, F, 4>(qs, qh, nb, c0 + p, p, qy, scl, acc);
-    if (p + 2 <= cnt) { q4_1_group_512<R, F, 2>(qs, qh, nb, c0 + p, p, qy, scl, acc); p += 2; }
-    if (p < cnt) q4_1_group_512<R, F, 1>(qs, qh, nb, c0 + p, p, qy, scl, acc);
+    for (; p + 4 <= cnt; p += 4) q4_1_group_512<R, F, 4, MODE>(qs, qh, nb, c0 + p, p, qy, scl, acc, buf);
+    if (p + 2 <= cnt) { q4_1_group_512<R, F, 2, MODE>(qs, qh, nb, c0 + p, p, qy, scl, acc, buf); p += 2; }
+    if (p < cnt) q4_1_group_512<R, F, 1, MODE>(qs, qh, nb, c0 + p, p, qy, scl, acc, buf);
   }
   for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], macc[r]));
+}
+
+// A prompt (M activation rows) against R weight rows: the first row unpacks the tile into buf, the others read it.
+template <int R, int F>
+void q4_1_tile_512(const uint8_t* qs, const uint32_t* qh, const uint16_t* dw, const uint16_t* mw, int64_t K,
+                   const int8_t* qy, const float* dy, const float* sy, int64_t M, float* out, __m512i* buf) {
+  const int64_t nb = K / QK;
+  q4_1_rows_512<R, F, 1>(qs, qh, dw, mw, K, qy, dy, sy, out, buf);
+  for (int64_t i = 1; i < M; ++i)
+    q4_1_rows_512<R, F, 2>(qs, qh, dw, mw, K, qy + i * K, dy + i * nb, sy + i * nb, out + i * R, buf);
 }
 #pragma GCC pop_options
 
@@ -308,6 +328,36 @@ void over_row_tiles(int64_t M, int64_t N, int64_t grain, float* Y, Rows rows) {
 }
 
 // ---- section: q4_1_linear ----
+// A prompt with AVX-512: tiles of RT weight rows spread over the threads; each tile unpacked once into a buffer of
+// its own (two 64-byte vectors per group of blocks and row: R·K bytes), then every activation row meets it. Each row's
+// arithmetic is the one-row kernel's, in its order: the same bits as a decode step of that row alone.
+template <int F>
+void nibble_prompt_512(const uint8_t* Q, const uint32_t* H, const uint16_t* D, const uint16_t* Mn, const QX& qx,
+                       int64_t M, int64_t N, int64_t K, float* Y) {
+  const int64_t nb = K / QK, groups = nb / 4 + 2 * (nb / 16 + 1) + 2;   // groups of <= 4 blocks in a row, bounded
+  at::parallel_for(0, (N + RT - 1) / RT, std::max<int64_t>(1, 16384 / (RT * K * M)), [&](int64_t t0, int64_t t1) {
+    std::vector<__m512i> buf(2 * RT * groups);
+    std::vector<float> out(M * RT);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t * RT, left = std::min<int64_t>(RT, N - n);
+      auto at = [&](int64_t row) { return std::make_tuple(Q + row * (K / 2), H ? H + row * nb : nullptr, D + row * nb,
+                                                          Mn ? Mn + row * nb : nullptr); };
+      if (left == RT) {
+        auto [q, h, d, m] = at(n);
+        q4_1_tile_512<RT, F>(q, h, d, m, K, qx.q.data(), qx.d.data(), qx.s.data(), M, out.data(), buf.data());
+        for (int64_t i = 0; i < M; ++i)
+          for (int r = 0; r < RT; ++r) Y[i * N + n + r] = out[i * RT + r];
+      } else {
+        for (int64_t r = 0; r < left; ++r) {
+          auto [q, h, d, m] = at(n + r);
+          q4_1_tile_512<1, F>(q, h, d, m, K, qx.q.data(), qx.d.data(), qx.s.data(), M, out.data(), buf.data());
+          for (int64_t i = 0; i < M; ++i) Y[i * N + n + r] = out[i];
+        }
+      }
+    }
+  });
+}
+
 // The operators of the three formats: checks, the activations rounded once (in the layout of the ISA's variant),
 // then the tiles.
 template <int F>
@@ -335,11 +385,18 @@ at::Tensor nibble_linear(const char* op, at::Tensor x, at::Tensor qs, const at::
   const uint16_t* D = (const uint16_t*)d.data_ptr<at::Half>();
   const uint16_t* Mn = m ? (const uint16_t*)m->data_ptr<at::Half>() : nullptr;
   float* Y = y.data_ptr<float>();
+  if (wide && M > 1) {                   // a prompt: each tile unpacked once, then met by every activation row
+    nibble_prompt_512<F>(Q, H, D, Mn, qx, M, N, K, Y);
+    return y;
+  }
   over_row_tiles(M, N, std::max<int64_t>(1, 16384 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
     constexpr int r = decltype(R)::value;
-    auto rows = wide ? q4_1_rows_512<r, F> : q4_1_rows<r, F>;
-    rows(Q + n * (K / 2), H ? H + n * nb : nullptr, D + n * nb, Mn ? Mn + n * nb : nullptr, K, qx.q.data() + i * K,
-         qx.d.data() + i * nb, qx.s.data() + i * nb, out);
+    auto rows = [&](auto kernel) {
+      kernel(Q + n * (K / 2), H ? H + n * nb : nullptr, D + n * nb, Mn ? Mn + n * nb : nullptr, K,
+             qx.q.data() + i * K, qx.d.data() + i * nb, qx.s.data() + i * nb, out);
+    };
+    if (wide) rows([](auto... a) { q4_1_rows_512<r, F>(a...); });
+    else rows(q4_1_rows<r, F>);
   });
   return y;
 }
