@@ -143,11 +143,13 @@ inline __m256i bytes_from_bits_32(uint32_t x) {
   return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
 }
 
-// R rows of weights (starting at row n) against one quantized activation row; writes R outputs.
-template <int R, int F>
+// R rows of weights (starting at row n) against one quantized activation row; writes R outputs. MODE as in the
+// AVX-512 variant below: 0 unpacks and uses, 1 also stores the unpacked vectors in buf, 2 reads them back.
+template <int R, int F, int MODE = 0>
 inline void q4_1_rows(const uint8_t* __restrict qs, const uint32_t* __restrict qh, const uint16_t* __restrict dw,
                       const uint16_t* __restrict mw, int64_t K, const int8_t* __restrict qy,
-                      const float* __restrict dy, const float* __restrict sy, float* __restrict out) {
+                      const float* __restrict dy, const float* __restrict sy, float* __restrict out,
+                      __m256i* buf = nullptr) {
   // qy in pair layout (quantize_x(G=2)); two blocks per step: one 32-byte load of qs gives both blocks'
   // low nibbles (w0..15) and high nibbles (w16..31) in the 128-bit lanes of block b and b+1.
   const int64_t nb = K / QK, rs = K / 2;
@@ -163,15 +165,21 @@ inline void q4_1_rows(const uint8_t* __restrict qs, const uint32_t* __restrict q
     const __m256i ya = _mm256_loadu_si256((const __m256i*)(qy + b * QK));                                 \
     const __m256i yb = _mm256_loadu_si256((const __m256i*)(qy + b * QK + QK));                            \
     for (int r = 0; r < R; ++r) {                                                                          \
+      __m256i lo, hi;                                                                                      \
+      if constexpr (MODE == 2) { lo = _mm256_loadu_si256(buf); hi = _mm256_loadu_si256(buf + 1); }         \
+      else {                                                                                               \
       if ((P) % 2 == 0) _mm_prefetch((const char*)(qs + (QPF * R + r) * rs + b * 16), _MM_HINT_T0);       \
       const __m256i q = _mm256_loadu_si256((const __m256i*)(qs + r * rs + b * 16));                       \
-      __m256i lo = _mm256_and_si256(q, lowmask);                                                           \
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), lowmask);                                    \
+      lo = _mm256_and_si256(q, lowmask);                                                                   \
+      hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), lowmask);                                            \
       if constexpr (F != Q4_1F) {   /* fifth bits: w0..15 of both blocks, then w16..31 of both */          \
         const uint32_t h0 = qh[r * nb + b], h1 = qh[r * nb + b + 1];                                       \
         lo = _mm256_or_si256(lo, _mm256_and_si256(bytes_from_bits_32((h0 & 0xFFFF) | (h1 << 16)), bit5));   \
         hi = _mm256_or_si256(hi, _mm256_and_si256(bytes_from_bits_32((h0 >> 16) | (h1 & 0xFFFF0000u)), bit5)); \
       }                                                                                                    \
+      if constexpr (MODE == 1) { _mm256_storeu_si256(buf, lo); _mm256_storeu_si256(buf + 1, hi); }         \
+      }                                                                                                    \
+      if constexpr (MODE != 0) buf += 2;                                                                   \
       const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ya), _mm256_maddubs_epi16(hi, yb));    \
       const __m256 sc = _mm256_permutevar8x32_ps(scl[r], IDX);                                             \
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), sc, acc[r]);              \
@@ -196,7 +204,8 @@ inline void q4_1_rows(const uint8_t* __restrict qs, const uint32_t* __restrict q
     for (int r = 0; r < R; ++r) {
       const float s0 = h2f(dw[r * nb + b0]) * dy[b0], s1 = h2f(dw[r * nb + b0 + 1]) * dy[b0 + 1];
       scl[r] = _mm256_setr_ps(s0, s1, 0, 0, 0, 0, 0, 0);
-      const float m01 = mof(r * nb + b0) * sy[b0] + mof(r * nb + b0 + 1) * sy[b0 + 1];
+      // written as one fma: left to the compiler, a*b + c*d may fuse either product, differently per instantiation
+      const float m01 = std::fma(mof(r * nb + b0), sy[b0], mof(r * nb + b0 + 1) * sy[b0 + 1]);
       macc[r] = _mm256_add_ps(macc[r], _mm256_setr_ps(m01, 0, 0, 0, 0, 0, 0, 0));
     }
     Q41_PAIR(0, pidx0)
@@ -207,15 +216,31 @@ inline void q4_1_rows(const uint8_t* __restrict qs, const uint32_t* __restrict q
   if (b0 < nb) {   // odd last block, y in plain order
     const __m256i y = _mm256_loadu_si256((const __m256i*)(qy + b0 * QK));
     for (int r = 0; r < R; ++r) {
-      const __m128i q = _mm_loadu_si128((const __m128i*)(qs + r * rs + b0 * 16));
-      __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), lowmask);
-      if constexpr (F != Q4_1F) w = _mm256_or_si256(w, _mm256_and_si256(bytes_from_bits_32(qh[r * nb + b0]), bit5));
+      __m256i w;
+      if constexpr (MODE == 2) w = _mm256_loadu_si256(buf);
+      else {
+        const __m128i q = _mm_loadu_si128((const __m128i*)(qs + r * rs + b0 * 16));
+        w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), lowmask);
+        if constexpr (F != Q4_1F) w = _mm256_or_si256(w, _mm256_and_si256(bytes_from_bits_32(qh[r * nb + b0]), bit5));
+        if constexpr (MODE == 1) _mm256_storeu_si256(buf, w);
+      }
+      if constexpr (MODE != 0) buf += 1;
       const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), ones);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(h2f(dw[r * nb + b0]) * dy[b0]), acc[r]);
-      mtail[r] += mof(r * nb + b0) * sy[b0];
+      mtail[r] = std::fma(mof(r * nb + b0), sy[b0], mtail[r]);
     }
   }
   for (int r = 0; r < R; ++r) out[r] = hsum8(_mm256_add_ps(acc[r], macc[r])) + mtail[r];
+}
+
+// A prompt (M activation rows) against R weight rows: the first row unpacks the tile into buf, the others read it.
+template <int R, int F>
+void q4_1_tile(const uint8_t* qs, const uint32_t* qh, const uint16_t* dw, const uint16_t* mw, int64_t K,
+               const int8_t* qy, const float* dy, const float* sy, int64_t M, float* out, __m256i* buf) {
+  const int64_t nb = K / QK;
+  q4_1_rows<R, F, 1>(qs, qh, dw, mw, K, qy, dy, sy, out, buf);
+  for (int64_t i = 1; i < M; ++i)
+    q4_1_rows<R, F, 2>(qs, qh, dw, mw, K, qy + i * K, dy + i * nb, sy + i * nb, out + i * R, buf);
 }
 
 // ---- section: q4_1_rows_avx512 ----
@@ -328,29 +353,35 @@ void over_row_tiles(int64_t M, int64_t N, int64_t grain, float* Y, Rows rows) {
 }
 
 // ---- section: q4_1_linear ----
-// A prompt with AVX-512: tiles of RT weight rows spread over the threads; each tile unpacked once into a buffer of
-// its own (two 64-byte vectors per group of blocks and row: R·K bytes), then every activation row meets it. Each row's
-// arithmetic is the one-row kernel's, in its order: the same bits as a decode step of that row alone.
-template <int F>
-void nibble_prompt_512(const uint8_t* Q, const uint32_t* H, const uint16_t* D, const uint16_t* Mn, const QX& qx,
-                       int64_t M, int64_t N, int64_t K, float* Y) {
-  const int64_t nb = K / QK, groups = nb / 4 + 2 * (nb / 16 + 1) + 2;   // groups of <= 4 blocks in a row, bounded
+// A prompt: tiles of RT weight rows spread over the threads; each tile unpacked once into a buffer of the thread's
+// own (the unpacked vectors of R rows: at most R·(2·nb + 16)·64 bytes), then every activation row meets it. Each
+// row's arithmetic is the one-row kernel's, in its order: the same bits as a decode step of that row alone.
+template <int F, bool WIDE>
+void nibble_prompt(const uint8_t* Q, const uint32_t* H, const uint16_t* D, const uint16_t* Mn, const QX& qx,
+                   int64_t M, int64_t N, int64_t K, float* Y) {
+  const int64_t nb = K / QK;
   at::parallel_for(0, (N + RT - 1) / RT, std::max<int64_t>(1, 16384 / (RT * K * M)), [&](int64_t t0, int64_t t1) {
-    std::vector<__m512i> buf(2 * RT * groups);
+    std::vector<uint8_t> buf(RT * (2 * nb + 16) * 64);
     std::vector<float> out(M * RT);
+    auto tile = [&](auto R, int64_t row) {
+      constexpr int r = decltype(R)::value;
+      const uint8_t* q = Q + row * (K / 2);
+      const uint32_t* h = H ? H + row * nb : nullptr;
+      const uint16_t *d = D + row * nb, *m = Mn ? Mn + row * nb : nullptr;
+      if constexpr (WIDE)
+        q4_1_tile_512<r, F>(q, h, d, m, K, qx.q.data(), qx.d.data(), qx.s.data(), M, out.data(), (__m512i*)buf.data());
+      else
+        q4_1_tile<r, F>(q, h, d, m, K, qx.q.data(), qx.d.data(), qx.s.data(), M, out.data(), (__m256i*)buf.data());
+    };
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t * RT, left = std::min<int64_t>(RT, N - n);
-      auto at = [&](int64_t row) { return std::make_tuple(Q + row * (K / 2), H ? H + row * nb : nullptr, D + row * nb,
-                                                          Mn ? Mn + row * nb : nullptr); };
       if (left == RT) {
-        auto [q, h, d, m] = at(n);
-        q4_1_tile_512<RT, F>(q, h, d, m, K, qx.q.data(), qx.d.data(), qx.s.data(), M, out.data(), buf.data());
+        tile(std::integral_constant<int, RT>{}, n);
         for (int64_t i = 0; i < M; ++i)
           for (int r = 0; r < RT; ++r) Y[i * N + n + r] = out[i * RT + r];
       } else {
         for (int64_t r = 0; r < left; ++r) {
-          auto [q, h, d, m] = at(n + r);
-          q4_1_tile_512<1, F>(q, h, d, m, K, qx.q.data(), qx.d.data(), qx.s.data(), M, out.data(), buf.data());
+          tile(std::integral_constant<int, 1>{}, n + r);
           for (int64_t i = 0; i < M; ++i) Y[i * N + n + r] = out[i];
         }
       }
@@ -385,8 +416,8 @@ at::Tensor nibble_linear(const char* op, at::Tensor x, at::Tensor qs, const at::
   const uint16_t* D = (const uint16_t*)d.data_ptr<at::Half>();
   const uint16_t* Mn = m ? (const uint16_t*)m->data_ptr<at::Half>() : nullptr;
   float* Y = y.data_ptr<float>();
-  if (wide && M > 1) {                   // a prompt: each tile unpacked once, then met by every activation row
-    nibble_prompt_512<F>(Q, H, D, Mn, qx, M, N, K, Y);
+  if (M > 1) {                           // a prompt: each tile unpacked once, then met by every activation row
+    (wide ? nibble_prompt<F, true> : nibble_prompt<F, false>)(Q, H, D, Mn, qx, M, N, K, Y);
     return y;
   }
   over_row_tiles(M, N, std::max<int64_t>(1, 16384 / (RT * K)), Y, [&](auto R, int64_t n, int64_t i, float* out) {
@@ -396,7 +427,7 @@ at::Tensor nibble_linear(const char* op, at::Tensor x, at::Tensor qs, const at::
              qx.q.data() + i * K, qx.d.data() + i * nb, qx.s.data() + i * nb, out);
     };
     if (wide) rows([](auto... a) { q4_1_rows_512<r, F>(a...); });
-    else rows(q4_1_rows<r, F>);
+    else rows([](auto... a) { q4_1_rows<r, F>(a...); });
   });
   return y;
 }
