@@ -10,26 +10,17 @@ from llama_lit.config import ModelArgs
 from llama_lit.fast import FastForward, apply_rotary_real, rope_tables
 from llama_lit.generation import Llama
 from llama_lit.kernels import KernelLinear, cpu_isas, kernel_isa, kernels_available, set_kernel_isa
-from llama_lit.kquants import KQUANT_BYTES, QK_K, KQuantLinear
+from llama_lit.kquants import KQuantLinear
 from llama_lit.model import Transformer
 from llama_lit.quant import quant_linears, swap_linears
 
 pytestmark = pytest.mark.skipif(not kernels_available(), reason="the CPU kernels do not build here")
 if kernels_available(): from llama_lit import step as cstep
+from test_kquants import rand_blocks                                   # random valid K-quant bytes
 
 
 class NoStop:
     eos_id, pad_id, stop_tokens, n_words = -1, -1, [], 1 << 30
-
-
-def rand_blocks(kind, N, K, seed=0):
-    "Random valid K-quant bytes: random codes and scales, finite float16 d (and dmin) near 0.01."
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randint(0, 256, (N, K // QK_K, KQUANT_BYTES[kind]), dtype=torch.uint8, generator=g)
-    half = lambda: (torch.randn(N, K // QK_K, generator=g) * 0.01).half().view(torch.uint8).reshape(N, -1, 2)
-    if kind == "q6_k": r[..., 208:210] = half()
-    else: r[..., 0:2], r[..., 2:4] = half(), half()
-    return r.reshape(N, -1)
 
 
 def matrix(kind, w, seed):
