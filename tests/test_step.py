@@ -66,9 +66,11 @@ def test_step_matches_the_eager_step(kind, isa):
         torch.testing.assert_close(cpp, eager, atol=tol * eager.abs().max().item(), rtol=0)
         prompts = [t.tolist() for t in tokens[:, :5]] + [tokens[0, :9].tolist()]
         gen = lambda: Llama(model, NoStop(), forward=f).generate(prompts[1:], 10, temperature=0)[0]
-        with_step = gen()
+        with_step = gen()                                             # a ragged batch through Llama.generate
+        assert [len(t) for t in with_step] == [10] * 3 and gen() == with_step
         f.step = None
-        assert gen() == with_step                                     # a ragged batch through Llama.generate
+        if kind in ("f32", "bf16"): assert gen() == with_step         # float matrices: the eager step's tokens
+        # (quantized: a random model's near ties go either way under int8 activations; the logits are checked above)
     finally:
         set_kernel_isa(was)
 
