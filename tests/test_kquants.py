@@ -170,6 +170,16 @@ def test_kquantlinear_refuses_what_it_cannot_hold(tmp_path):
 
 
 @needs_kernels
+@pytest.mark.parametrize("kind", ["q4_k", "q5_k", "q6_k"])
+@pytest.mark.parametrize("K", [256, 768, 1536])
+def test_a_prompts_rows_have_the_bits_of_each_row_alone(isa, kind, K):
+    "Four activation rows per tile for a prompt, and each row's result is the one it has alone (a decode step's)."
+    m = KQuantLinear(kind, 39, K, rand_blocks(kind, 39, K, seed=1))            # 39: a last tile of three rows
+    x = torch.randn(13, K)
+    alone = torch.cat([m(x[i : i + 1]) for i in range(13)])
+    assert torch.equal(m(x), alone)
+
+
 def test_fuse_kquant_rows_shares_memory():
     a, b = (KQuantLinear("q6_k", n, 512, rand_blocks("q6_k", n, 512, seed=n)) for n in (48, 13))
     x = torch.randn(2, 512)
