@@ -40,7 +40,7 @@ def _check_f32(op: str, name: str, t, dims: int | None = None) -> None:
     got = f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
     raise ValueError(f"{op}: {name} must be a float32 CPU tensor{f' of {dims} dimensions' if dims else ''}, got {got}")
 
-# %% ../nbs/11c_step.ipynb #3f72468a
+# %% ../nbs/11c_step.ipynb #4bab9091
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     "RMSNorm of x (..., dim) with weight w (dim,), chapter 01's formula, in C++ (the sum of squares in double)."
     _check_f32("rms_norm", "x", x); _check_f32("rms_norm", "w", w, 1)
@@ -48,7 +48,7 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     load_step()
     return torch.ops.llama_lit.rms_norm(x.contiguous(), w.contiguous(), float(eps))
 
-# %% ../nbs/11c_step.ipynb #99fa7f1f
+# %% ../nbs/11c_step.ipynb #cc489c5e
 def _joined(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     "[gate | up] (..., 2F): no copy when they are the halves of one contiguous tensor (w1|w3's output, chunked)."
     n = gate.shape[-1]
@@ -66,7 +66,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     load_step()
     return torch.ops.llama_lit.silu_mul(_joined(gate, up))
 
-# %% ../nbs/11c_step.ipynb #b92caa94
+# %% ../nbs/11c_step.ipynb #3d6c08de
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     "Meta's interleaved-pair RoPE of x (n, heads, head_dim) at one position's cos, sin (head_dim/2,), in C++."
     _check_f32("rope", "x", x, 3); _check_f32("rope", "cos", cos, 1); _check_f32("rope", "sin", sin, 1)
@@ -76,7 +76,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     load_step()
     return torch.ops.llama_lit.rope(x, cos.contiguous(), sin.contiguous())
 
-# %% ../nbs/11c_step.ipynb #60bf337e
+# %% ../nbs/11c_step.ipynb #e2814e33
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths) -> torch.Tensor:
     """Single-token queries q (n, n_heads, head_dim) over the first lengths[r] keys and values of row r of k, v
     (n, n_kv_heads, L, head_dim; any strides but the last), in C++: (n, n_heads, head_dim)."""
@@ -92,7 +92,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths)
     load_step()
     return torch.ops.llama_lit.decode_attention(q.contiguous(), k, v, lengths)
 
-# %% ../nbs/11c_step.ipynb #02a96a18
+# %% ../nbs/11c_step.ipynb #fdc6c0de
 def kernel_args(m) -> tuple[str, list]:
     "The registered kernel of a CPU-kernel module (its operator's name) and its weight tensors, in argument order."
     if isinstance(m, KernelLinear):
@@ -101,7 +101,7 @@ def kernel_args(m) -> tuple[str, list]:
     if isinstance(m, KQuantLinear): return f"{m.kind}_linear", [m.blocks]
     raise ValueError(f"{type(m).__name__} has no CPU kernel: build with the kernels (Llama.build(..., kernels=True))")
 
-# %% ../nbs/11c_step.ipynb #2e130b3b
+# %% ../nbs/11c_step.ipynb #0ca82331
 def _slot(out: dict, mods: list) -> None:
     "One slot of the step's lists: the matrices `mods`, whose outputs the step joins."
     for m in mods:
