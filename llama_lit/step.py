@@ -149,7 +149,6 @@ class CppStep:
         self._lists, self._key = None, None
 
     def rms_norm(self, x, w, eps): "This chapter's `rms_norm`, for FastForward's norms."; return rms_norm(x, w, eps)
-    def silu_mul(self, gate, up): "This chapter's `silu_mul`, for FastForward's SwiGLU."; return silu_mul(gate, up)
     def decode_attention(self, q, k, v, lengths):
         "This chapter's `decode_attention`, for chapter 13's batched decode steps."
         return decode_attention(q, k, v, lengths)
