@@ -56,5 +56,18 @@ if "$bin/python" -c 'import sys; from llama_lit.kernels import cpu_isas; sys.exi
   LLAMA_LIT_KERNELS_ISA=avx2 "$bin/python" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kquants.py tests/test_step.py tests/test_memory.py
 fi
 
+# The docs site once more as on a CPU with AVX2 but no AVX-512 (scripts/as_avx2.sh: /proc/cpuinfo without AVX-512,
+# torch, MKL and oneDNN held at AVX2), where this CPU has AVX-512: every chapter executed that way into _site_avx2/,
+# then the browser test on that site. (On an AVX2-only CPU the site above is that run already.)
+if "$bin/python" -c 'import sys; from llama_lit.kernels import cpu_isas; sys.exit("avx512" not in cpu_isas())'; then
+  if bash scripts/as_avx2.sh true 2>/dev/null; then
+    echo "== docs site as on an AVX2-only CPU (scripts/as_avx2.sh)"
+    LLAMA_LIT_SITE=_site_avx2 bash scripts/as_avx2.sh bash scripts/docs.sh
+    LLAMA_LIT_SITE=_site_avx2 "$bin/python" -m pytest -q -p no:cacheprovider tests/test_docs_site.py
+  else
+    echo "no AVX2 docs run: $(bash scripts/as_avx2.sh true 2>&1 | tail -1)"
+  fi
+fi
+
 echo "== pytest"
 "$bin/python" -m pytest -q tests

@@ -2,7 +2,8 @@
 server. Every page loads without console errors, formulas are rendered by the bundled MathJax, chapters with plots
 show their figures, show_doc entries are there, hidden cells are not, every internal link resolves, and a screenshot
 of each page is saved under artifacts/screenshots/. Skipped when the site or Chromium is missing, unless
-LLAMA_LIT_REQUIRE_SITE=1 (as in CI), where that is a failure."""
+LLAMA_LIT_REQUIRE_SITE=1 (as in CI), where that is a failure. LLAMA_LIT_SITE=dir tests the site built there
+(scripts/test.sh's AVX2 run: _site_avx2/, screenshots under artifacts/screenshots_avx2/)."""
 import functools
 import http.server
 import json
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / "_site"
-SHOTS = ROOT / "artifacts" / "screenshots"
+SITE = ROOT / os.environ.get("LLAMA_LIT_SITE", "_site")
+SHOTS = ROOT / "artifacts" / ("screenshots" + SITE.name.removeprefix("_site"))
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 sys.path.insert(0, str(ROOT / "docs"))
 from prepare import directives, public_names  # noqa: E402
