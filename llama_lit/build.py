@@ -61,6 +61,7 @@ def checkpoint_format(path) -> str:
     if (p / "config.json").is_file(): return "hf"
     raise FileNotFoundError(f"{p} has neither params.json (Meta) nor config.json (Hugging Face)")
 
+# %% ../nbs/12_build.ipynb #f7d09fdf
 def open_checkpoint(path):
     "What the loaders below read: the path, or for a GGUF file its parsed header and memory map, opened once."
     if checkpoint_format(path) != "gguf": return Path(path)
@@ -76,6 +77,7 @@ def read_model_params(path) -> dict:
         return hf_config_to_params(read_json(cfg, "config.json"), source=str(cfg))   # errors name the file
     return read_gguf_params(path)
 
+# %% ../nbs/12_build.ipynb #7d57b146
 def check_model_files(path, args: ModelArgs) -> None:
     "For a Meta directory, compare the shapes on disk with `args` before anything is built (others: on load)."
     if checkpoint_format(path) == "meta": check_state_dict(full_shapes(path)[0], args, str(path))
@@ -90,6 +92,7 @@ def default_device_dtype(device=None) -> tuple[torch.device, torch.dtype]:
     if device.index is None: device = torch.device("cuda", torch.cuda.current_device())
     return device, (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16)
 
+# %% ../nbs/12_build.ipynb #c22381b7
 def available_memory() -> int | None:
     "Bytes of memory free for a new allocation: /proc/meminfo's MemAvailable (Linux), else free pages, else None."
     try:
@@ -99,6 +102,7 @@ def available_memory() -> int | None:
     try: return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError): return None
 
+# %% ../nbs/12_build.ipynb #c0e16d05
 def check_cache_fits(args: ModelArgs, bytes_per_value: int = 4, device=None, mp: int = 1) -> None:
     """Refuse a KV cache (max_batch_size × max_seq_len, this rank's 1/mp of the heads) larger than the memory it goes
     to: the GPU's free memory on CUDA, else the machine's, before allocating it."""
@@ -119,6 +123,7 @@ def all_finite(t: torch.Tensor) -> bool:
     fast pass."""
     return bool(torch.isfinite(t.sum(dtype=torch.float64)))
 
+# %% ../nbs/12_build.ipynb #4b4d1540
 def build_transformer(args: ModelArgs, state_dict: dict, device=None, dtype=None) -> Transformer:
     """A Transformer holding `state_dict` (this rank's shard) on `device`/`dtype`: built on the meta device, the loaded
     tensors assigned, the caches made where they live."""
@@ -184,6 +189,7 @@ def check_quant(quant: str, fmt: str, mp: int, device=None) -> None:
         raise ValueError("quant='gguf' keeps a GGUF file's own quantized blocks; for this checkpoint use 'int8' or "
                          "'int4'")
 
+# %% ../nbs/12_build.ipynb #9cf02055
 def use_kernels(kernels: bool | None, quant: str | None, device=None, mp: int = 1) -> bool:
     """Whether the model runs the CPU kernels (quantized matrices, and float ones in decode steps on one CPU process):
     None = where they build, True = must, False = never. They are CPU kernels: never built for a GPU run."""
@@ -248,6 +254,7 @@ def gguf_embedding(t, output, tied: bool, dtype=torch.float32, device="cpu") -> 
     if t.tensor_type in FLOAT_TYPES and FLOAT_TYPES[t.tensor_type] == torch.float32: return None
     return BlockEmbedding.from_gguf(t, dtype)
 
+# %% ../nbs/12_build.ipynb #bed4a873
 def load_gguf_quantized(path, dtype=torch.float32, compute_dtype=torch.bfloat16, other: str | None = None,
                         q8_0: str = "int4x2", kernels: bool = False, device=None) -> tuple[dict, dict, dict]:
     """(params, {key: float tensor} of the norms (and a float embedding) in `dtype`, {module name: module}) of a LLaMA
@@ -312,6 +319,7 @@ def kernel_fuse(modules: list) -> torch.nn.Module | None:
     try: return cpu_kernels.fuse_rows(kls)
     except ValueError: return None                       # mixed kinds (a GGUF may store wv in more bits)
 
+# %% ../nbs/12_build.ipynb #58a511e5
 def float_kernels(model: Transformer) -> Transformer:
     """Swap every plain float matrix of a one-process CPU model for a float KernelLinear over its own weight (shared,
     not copied), in place: `print(model)` shows what runs, and fusing rows later re-points these modules at the fused
@@ -319,6 +327,7 @@ def float_kernels(model: Transformer) -> Transformer:
     return swap_linears(model, {n: k for n, m in quant_linears(model).items()
                                 if (k := cpu_kernels.float_kernel(m)) is not None})
 
+# %% ../nbs/12_build.ipynb #9c53d66d
 def fast_forward(model: Transformer, compile: bool = False, kernels: bool = False) -> FastForward:
     """The forward `Llama.build` gives the loop: FastForward, with the CPU kernels' fused and float matrices if kernels,
     and then chapter 11c's C++ decode step where it runs the model (compile=True: torch.compile's step instead)."""

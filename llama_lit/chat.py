@@ -33,6 +33,7 @@ class Message(TypedDict):
 
 Dialog = list[Message]
 
+# %% ../nbs/05b_chat.ipynb #6a0adc3d
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 SPECIAL_TAGS = [B_INST, E_INST, "<<SYS>>", "<</SYS>>"]
@@ -331,12 +332,14 @@ def render_chat_template(dialog: Dialog, tokenizer: Tokenizer, add_generation_pr
     finally: sys.settrace(before)
     raise ValueError(" ".join(msg.split())) from None             # one line
 
+# %% ../nbs/05b_chat.ipynb #f93119f0
 def chat_format(tokenizer: Tokenizer) -> str:
     "'template' (the model's own), 'llama3' (header tokens) or 'llama2' ([INST] tags): the format a model was tuned on."
     if tokenizer.chat_template or getattr(tokenizer, "chat_templates", None): return "template"
     if "<|start_header_id|>" in tokenizer.special_tokens: return "llama3"
     return "llama2"
 
+# %% ../nbs/05b_chat.ipynb #07269038
 def format_dialog(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
     "Token ids of `dialog` in the model's chat format (see `chat_format`), ready for the model to answer."
     fmt = chat_format(tokenizer)
@@ -344,6 +347,7 @@ def format_dialog(dialog: Dialog, tokenizer: Tokenizer) -> list[int]:
         return tokenizer.encode(render_chat_template(dialog, tokenizer), bos=False, eos=False, allow_special=True)
     return format_dialog_llama3(dialog, tokenizer) if fmt == "llama3" else format_dialog_llama2(dialog, tokenizer)
 
+# %% ../nbs/05b_chat.ipynb #93b7318f
 def is_unsafe(dialog: Dialog, tokenizer: Tokenizer | None = None) -> bool:
     "True if a message contains text that the model's chat format would read as its own markup."
     tags = SPECIAL_TAGS if tokenizer is None or chat_format(tokenizer) == "llama2" else \

@@ -42,12 +42,14 @@ def split_dim(key: str, vocab_parallel: bool = False) -> int | None:
     if name not in _SPLIT_DIM: raise ValueError(f"unknown LLaMA state-dict key: {key}")
     return 0 if (name == "tok_embeddings" and vocab_parallel) else _SPLIT_DIM[name]
 
+# %% ../nbs/06_checkpoint.ipynb #2a940415
 def shards_vocab_parallel(shards: list[dict]) -> bool:
     "Read the embedding layout off the shards: (vocab/P, dim) rows (Llama 3) or (vocab, dim/P) columns (Llama 1/2)."
     if len(shards) < 2: return False
     emb, dim = shards[0]["tok_embeddings.weight"], shards[0]["norm.weight"].shape[0]
     return emb.shape[1] == dim
 
+# %% ../nbs/06_checkpoint.ipynb #53ad67a9
 def merge_shards(shards: list[dict], vocab_parallel: bool | None = None) -> dict:
     "One full state dict from the state dicts of all model-parallel ranks, in rank order (layout read off the shards)."
     vp = shards_vocab_parallel(shards) if vocab_parallel is None else vocab_parallel
@@ -88,6 +90,7 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple]:
     shapes = weight_shapes(args)
     return {**shapes, "output.weight": shapes["tok_embeddings.weight"]}     # a tied model may store it, as the table
 
+# %% ../nbs/06_checkpoint.ipynb #4da9a49b
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def check_weight_dtypes(sd: dict, source="the checkpoint") -> None:
@@ -97,6 +100,7 @@ def check_weight_dtypes(sd: dict, source="the checkpoint") -> None:
             raise ValueError(f"{source}: {k} has dtype {v.dtype}; LLaMA weights are floating point (float16, "
                              "bfloat16, float32 or float64)")
 
+# %% ../nbs/06_checkpoint.ipynb #58427ecf
 def check_state_dict(shapes: dict, args: ModelArgs, source="the checkpoint") -> None:
     """Raise ValueError naming the first tensor that is missing, unexpected or of the wrong shape for `args` (or, for
     tensors, of a dtype that is not floating point)."""
@@ -127,12 +131,14 @@ def read_json(path, what: str = "file") -> dict:
     if not p.is_file(): raise FileNotFoundError(f"{what} not found: {p}")
     return read_json_object(p)                                   # chapter 00: not UTF-8, not JSON, not an object
 
+# %% ../nbs/06_checkpoint.ipynb #e743d5ed
 def read_params(ckpt_dir) -> dict:
     "The `params.json` of a Meta checkpoint directory."
     d = Path(ckpt_dir)
     if not d.is_dir(): raise FileNotFoundError(f"checkpoint directory not found: {d}")
     return read_json(d / "params.json", "params.json in the checkpoint directory")
 
+# %% ../nbs/06_checkpoint.ipynb #15554704
 def checkpoint_files(ckpt_dir) -> list[Path]:
     "The `consolidated.NN.pth` files of a checkpoint directory, in rank order (regular files only)."
     d = Path(ckpt_dir)
@@ -181,6 +187,7 @@ def full_shapes(ckpt_dir) -> tuple[dict, bool]:
         shapes[k] = tuple(s)
     return shapes, vp
 
+# %% ../nbs/06_checkpoint.ipynb #69b13006
 def load_shard(ckpt_dir, rank: int = 0, world: int = 1, vocab_parallel: bool = False) -> dict:
     "State dict of model-parallel rank `rank` of `world` (embedding vocab-split if `vocab_parallel`), from any shards."
     files = checkpoint_files(ckpt_dir)
@@ -197,9 +204,6 @@ def load_shard(ckpt_dir, rank: int = 0, world: int = 1, vocab_parallel: bool = F
     return split_state_dict(meta_state_dict(load_pth(files[rank // k])), k, rank % k, vocab_parallel)
 
 # %% ../nbs/06_checkpoint.ipynb #11f4bc38
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
-
 def check_output_dir(out_dir) -> Path:
     "Refuse, before any work, an output directory that exists or cannot be created (a file in the way, no permission)."
     out = Path(out_dir)
@@ -212,6 +216,7 @@ def check_output_dir(out_dir) -> Path:
         raise PermissionError(f"cannot create {out}: {anc} is not writable; choose another output directory")
     return out
 
+# %% ../nbs/06_checkpoint.ipynb #df571848
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
@@ -253,6 +258,10 @@ def atomic_dir(out_dir, needed: int | None = None):
         raise err from None
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/06_checkpoint.ipynb #6e71672c
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
 
 def copy_tokenizer_files(src_dir, dst_dir) -> list[str]:
     "Copy the tokenizer files (.model, tokenizer.json, its config, chat template) that `src_dir` has."
@@ -322,13 +331,15 @@ def save_pth(sd: dict, path) -> None:
     finally:
         with suppress(OSError): f.close()
 
+# %% ../nbs/06_checkpoint.ipynb #8a48416b
 def save_safetensors(sd: dict, path, metadata: dict | None = None) -> None:
     "safetensors' save_file; a failed write raises an OSError (errno and `path`), not the Rust error's text."
     from safetensors.torch import save_file
     try: save_file(sd, path, metadata=metadata)
     except Exception as e:
         if (code := _write_errno(e)) is None:                        # not the disk: what safetensors refused, one line
-            raise ValueError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
+            why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ValueError(f"cannot write {path}: {why}") from None
         raise OSError(code, os.strerror(code), str(path)) from None
 
 # %% ../nbs/06_checkpoint.ipynb #4a6af09a
@@ -353,6 +364,7 @@ def save_checkpoint(out_dir, params: dict, full_state_dict: dict, mp: int = 1, t
             shutil.copyfile(tp, tmp / ("tokenizer.model" if tp.suffix == ".model" else tp.name))
     return Path(out_dir)
 
+# %% ../nbs/06_checkpoint.ipynb #9822ab7d
 def embedding_layout(params: dict, ckpt_dir=None) -> bool:
     "Whether tok_embeddings is split by vocabulary rows: as the shards on disk say, else for tied and 128k models."
     if ckpt_dir is not None and len(checkpoint_files(ckpt_dir)) > 1:
@@ -509,6 +521,7 @@ def known_context_length(params: dict) -> int | None:
             found.add(next(v for prefix, v in _CONTEXT.items() if name.startswith(prefix)))
     return found.pop() if len(found) == 1 else None
 
+# %% ../nbs/06_checkpoint.ipynb #2802634b
 def params_to_hf_config(params: dict, bos_id: int | None = None, eos_id: int | list | None = None) -> dict:
     "A LlamaConfig dict for Meta params (the inverse of `hf_config_to_params`); special ids from the model's tokenizer."
     args = ModelArgs.from_params(params)

@@ -36,7 +36,7 @@ from . import build                                 # Llama.build
 
 # %% auto #0
 __all__ = ['MODELS', 'demo', 'utf8_text', 'cmd_generate', 'fit_dialog', 'cmd_chat', 'cmd_convert', 'cmd_reshard', 'cmd_train',
-           'cmd_serve', 'main', 'one_line_warning']
+           'cmd_serve', 'one_line_warning', 'main']
 
 # %% ../nbs/90_cli.ipynb #52a3e14f
 def demo(prompt: str = "ROMEO:", n_new: int = 16, seed: int = 0) -> dict:
@@ -257,11 +257,13 @@ def cmd_convert(a) -> int:
     _say(f"wrote {out}")
     return 0
 
+# %% ../nbs/90_cli.ipynb #999af496
 def cmd_reshard(a) -> int:
     if a.mp < 1: raise ValueError(f"--mp must be at least 1, got {a.mp}")
     _say(f"wrote {reshard(a.input, a.output, a.mp)} ({a.mp} shards)")
     return 0
 
+# %% ../nbs/90_cli.ipynb #0c88a97e
 def cmd_train(a) -> int:
     cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__})
     check_output_dir(a.out)                                   # before training, not after: never lose a run
@@ -326,6 +328,11 @@ def _run(parser, a) -> int:
     return cmd(a)
 
 # %% ../nbs/90_cli.ipynb #156815ea
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    "A warning as the CLI prints it: one line, `llama_lit: warning: <message>` (not Python's file:line + source)."
+    print(f"llama_lit: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+# %% ../nbs/90_cli.ipynb #cafaa5db
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `llama_lit` and `python -m llama_lit`: every failure is one line on stderr and a non-zero status."
     parser = _parser()
@@ -333,10 +340,6 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warning                  # `llama_lit: warning: ...`, like the errors
         return _main(parser, a)
-
-def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    "A warning as the CLI prints it: one line, `llama_lit: warning: <message>` (not Python's file:line + source)."
-    print(f"llama_lit: warning: {message}", file=sys.stderr if file is None else file, flush=True)
 
 def _main(parser, a) -> int:
     if own_sigterm := (signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)):

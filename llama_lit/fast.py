@@ -37,14 +37,17 @@ def weights_read_per_token(args: ModelArgs) -> dict[str, tuple]:
     if args.tie_word_embeddings: shapes["output.weight"] = table
     return shapes
 
+# %% ../nbs/07_fast.ipynb #4c007ae9
 def weight_bytes_per_token(args: ModelArgs, bytes_per_value: int = 2) -> int:
     "Bytes of weights one decode step reads: every value of `weights_read_per_token`, `bytes_per_value` bytes each."
     return sum(math.prod(shape) for shape in weights_read_per_token(args).values()) * bytes_per_value
 
+# %% ../nbs/07_fast.ipynb #fd22b711
 def decode_bytes_per_step(args: ModelArgs, seq_len: int = 0, batch: int = 1, bytes_per_value: int = 2) -> int:
     "Bytes one decode step reads: the weights once, plus the K and V caches of `batch` sequences of `seq_len` tokens."
     return weight_bytes_per_token(args, bytes_per_value) + kv_cache_bytes(args, seq_len, batch, bytes_per_value)
 
+# %% ../nbs/07_fast.ipynb #666819fd
 def decode_bound(args: ModelArgs, bandwidth: float, seq_len: int = 0, batch: int = 1,
                  bytes_per_value: int = 2) -> float:
     "Upper bound on decode tokens/s (all `batch` sequences together) for a memory-bound step at `bandwidth` bytes/s."
@@ -55,6 +58,7 @@ def rope_tables(freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "cos and sin tables (max_pos, head_dim/2) from the complex freqs_cis: the same rotation without complex numbers."
     return freqs_cis.real.contiguous(), freqs_cis.imag.contiguous()
 
+# %% ../nbs/07_fast.ipynb #81371256
 def apply_rotary_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     "Meta's interleaved-pair RoPE in real arithmetic on (bsz, seqlen, heads, head_dim); cos/sin (seqlen, head_dim/2)."
     x2 = x.float().unflatten(-1, (-1, 2))                          # (bsz, seqlen, heads, head_dim/2, 2)
@@ -288,6 +292,7 @@ def pair_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tor
     "c and s of the formula, (…, head_dim/2, 2), from one position's cos and sin (…, head_dim/2)."
     return torch.stack([cos, cos], dim=-1), torch.stack([-sin, sin], dim=-1)
 
+# %% ../nbs/07_fast.ipynb #fdd77884
 def rotate_pairs(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     "Meta's interleaved-pair RoPE of x (…, head_dim) as x⊙c + swap(x)⊙s, c and s from `pair_tables`."
     pairs = x.unflatten(-1, (-1, 2))                              # (…, head_dim/2, 2)
@@ -357,6 +362,7 @@ def span_ladder(max_seq_len: int, limit: int = 8, smallest: int = 128) -> tuple[
     r = (max_seq_len / smallest) ** (1 / (limit - 1))                  # equal ratios from smallest to max_seq_len
     return tuple(sorted({min(max_seq_len, smallest * math.ceil(r ** i - 1e-9)) for i in range(limit)}))
 
+# %% ../nbs/07_fast.ipynb #e8713c3c
 @patch
 def span(self: FastForward, pos: int) -> int:
     "Cache rows a compiled decode step reads at position `pos`: the first `span_ladder` span above it (a graph each)."

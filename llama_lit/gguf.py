@@ -77,6 +77,7 @@ def check_block_scales(records: np.ndarray, name: str) -> None:
             raise ValueError(f"tensor {name}: its block scale {k} at block {bad} is {records[k][tuple(bad)]}; "
                              "the file is corrupt (a NaN or infinite scale makes every output garbage)")
 
+# %% ../nbs/09_gguf.ipynb #e7f24917
 def gguf_blocks(t, shape=None, qtype=None) -> dict[str, torch.Tensor]:
     """The fields of a block-quantized tensor (a type of BLOCK_DTYPES): `t` a GGUF tensor, or raw bytes with their
     PyTorch `shape` and ggml `qtype`. Bits as stored, each field a new contiguous CPU tensor; for shape (*rows, n) in
@@ -99,6 +100,7 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     c = codes.to(torch.uint8).reshape(*codes.shape[:-1], -1, 2, 16)
     return (c[..., 0, :] | c[..., 1, :] << 4).reshape(*codes.shape[:-1], -1)
 
+# %% ../nbs/09_gguf.ipynb #ca76c194
 def gguf_block_bytes(fields: dict, qtype) -> np.ndarray:
     """gguf_blocks' inverse: its fields (float16 scales (*rows, n/B), byte arrays (*rows, n/B·bytes)) -> the blocks as
     stored, uint8 (*rows, bytes per row)."""
@@ -121,6 +123,7 @@ def unpack_planes(b: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=b.device).reshape(-1, 1)   # (8/bits, 1)
     return ((runs >> shifts) & ((1 << bits) - 1)).reshape(*b.shape[:-1], -1)
 
+# %% ../nbs/09_gguf.ipynb #8cf02290
 def unpack_scale_min_k4(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ggml's get_scale_min_k4 for every sub-block at once: Q4_K/Q5_K scale bytes (..., 12·k) -> the 6-bit scales and
     minima, (..., 8·k) uint8 each."""
@@ -554,6 +557,7 @@ def gguf_slice(t, dim: int, start: int, stop: int) -> GGUFTensor:
     n = ne[0] * ne[1]
     return GGUFTensor(t.name, t.tensor_type, ne, n, n // block * size, t.data_offset, data)
 
+# %% ../nbs/09_gguf.ipynb #ec21fc62
 def dequantize_shard(t, dim: int | None, rank: int, world: int, dtype: torch.dtype = torch.float32,
                      chunk_rows: int = 256) -> torch.Tensor:
     """Part `rank` of `world` of a GGUF tensor along `dim` (None: all of it), fairscale's even split, dequantized from

@@ -46,6 +46,7 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.round(xb * inv[..., None])                               # one float32 product, halves to even
     return q.reshape(M, K).to(torch.int8), amax / 127
 
+# %% ../nbs/11_kernels.ipynb #fba1abf0
 def reference_q4_1_linear(x, qs, d, m) -> torch.Tensor:
     "What the Q4_1 kernel computes, in float64: the block sums of the formula above, with int8 activations."
     qx, dx = quantize_activations(x)
@@ -57,6 +58,7 @@ def reference_q4_1_linear(x, qs, d, m) -> torch.Tensor:
     dx = dx.double()
     return (dots * d.double()[None] * dx[:, None] + m.double()[None] * (dx * sums)[:, None]).sum(-1).float()
 
+# %% ../nbs/11_kernels.ipynb #48942c17
 def reference_q8_0_linear(x, qs, d) -> torch.Tensor:
     "The same for Q8_0 weights (w = d·q): no minimum term."
     qx, dx = quantize_activations(x)
@@ -64,6 +66,7 @@ def reference_q8_0_linear(x, qs, d) -> torch.Tensor:
     dots = torch.einsum("nbj,mbj->mnb", qs.double().reshape(-1, K // QK, QK), qx.double().reshape(M, K // QK, QK))
     return (dots * d.double()[None] * dx.double()[:, None]).sum(-1).float()
 
+# %% ../nbs/11_kernels.ipynb #d5519c46
 def reference_block_linear(x, w) -> torch.Tensor:
     """Any 32-weight block format in float64 from its dequantized weight w (N, K) (gguf's dequantize: exact values),
     with the kernels' int8 activations: Σ_b d^x_b Σ_j w_bj q^x_bj. (The Q5 kernels' reference.)"""
@@ -91,12 +94,12 @@ def cpp_sections(path: Path | str | list | None = None) -> dict[str, str]:
             out[name] = text
     return out
 
+# %% ../nbs/11_kernels.ipynb #06071863
 def cpp_section(name: str, path: Path | str | list | None = None) -> str:
     "One section of the C++ (of `path`, default CHAPTER_CPP) exactly as the file has it: its marker's next lines."
     sections = cpp_sections(path)
     if name not in sections: raise KeyError(f"no C++ section {name!r}; the sections are {list(sections)}")
     return sections[name]
-
 
 # %% ../nbs/11_kernels.ipynb #7e3b0f06
 _CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
@@ -130,6 +133,7 @@ def _has_avx2(cpuinfo: str | None = None) -> bool:
     need = {f.removeprefix("-m") for f in _CFLAGS if f.startswith("-m")}      # avx2, fma, f16c
     return need <= _cpu_flags(cpuinfo)
 
+# %% ../nbs/11_kernels.ipynb #cdd914e0
 def kernel_build_dir() -> Path:
     "Where torch keeps the compiled library: one folder per version of the source (TORCH_EXTENSIONS_DIR to move it)."
     from torch.utils.cpp_extension import _get_build_directory
@@ -151,6 +155,7 @@ def cpu_isas(cpuinfo: str | None = None) -> tuple[str, ...]:
     if not _has_avx2(cpuinfo): return ()
     return ISAS if set(_AVX512_FLAGS) <= flags else ISAS[:1]
 
+# %% ../nbs/11_kernels.ipynb #9f033723
 def default_isa(cpuinfo: str | None = None) -> str:
     """LLAMA_LIT_KERNELS_ISA when set (ValueError if unknown or the CPU lacks it); else 'avx512' where the CPU has it
     and ATEN_CPU_CAPABILITY does not hold torch at 'default'/'avx2'; else 'avx2'."""
@@ -168,6 +173,7 @@ def _check_isa(name: str, have, what: str, cpuinfo: str | None = None) -> str:
         raise ValueError(f"{what}={name!r}: this CPU lacks {lacks} (it runs {', '.join(have) or 'none of them'})")
     return name
 
+# %% ../nbs/11_kernels.ipynb #a288a226
 def kernel_isa() -> str:
     "Which variant of the kernels runs now: 'avx2' or 'avx512' (loads the kernels)."
     load_kernels()
@@ -238,6 +244,7 @@ def _compile() -> None:
 
 def _fake_linear(x, w, *rest): return x.new_empty(x.shape[0], w.shape[0])
 
+# %% ../nbs/11_kernels.ipynb #3e09bce7
 def kernels_available() -> bool:
     "Whether the kernels load here (compiling them if needed)."
     try: load_kernels(); return True
@@ -280,6 +287,7 @@ def q4_1_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Ten
     for name, t in (("d", d), ("m", m)): _check_blocks("q4_1_linear", name, t, torch.float16, (N, K // QK))
     return torch.ops.llama_lit.q4_1_linear(_check_x("q4_1_linear", x, K), qs, d, m)
 
+# %% ../nbs/11_kernels.ipynb #cfbc9ad8
 def q8_0_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     "x (M, K) · Wᵀ for W in Q8_0 blocks: qs (N, K) int8, d (N, K/32) float16; float32 (M, N)."
     load_kernels()
@@ -287,6 +295,7 @@ def q8_0_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor) -> torch.Ten
     _check_blocks("q8_0_linear", "d", d, torch.float16, (N, K // QK))
     return torch.ops.llama_lit.q8_0_linear(_check_x("q8_0_linear", x, K), qs, d)
 
+# %% ../nbs/11_kernels.ipynb #ad9f93f2
 def float_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     "x (M, K) · wᵀ for w (N, K) in float32, bfloat16 or float16, float32 accumulation; float32 (M, N)."
     load_kernels()
@@ -297,7 +306,6 @@ def float_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     w = w.contiguous()                                                  # a view of a float matrix: copied, as before
     _check_weight("float_linear", "w", w, (torch.float32, torch.bfloat16, torch.float16))
     return torch.ops.llama_lit.float_linear(_check_x("float_linear", x, w.shape[1]), w)
-
 
 # %% ../nbs/11_kernels.ipynb #b1a0c020
 def _check_q5(op: str, qs, qh, d, m=None) -> int:
@@ -314,12 +322,12 @@ def q5_0_linear(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor, d: torch.Te
     K = _check_q5("q5_0_linear", qs, qh, d)
     return torch.ops.llama_lit.q5_0_linear(_check_x("q5_0_linear", x, K), qs, qh, d)
 
+# %% ../nbs/11_kernels.ipynb #20a1409d
 def q5_1_linear(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     "x (M, K) · Wᵀ for W in Q5_1 blocks: qs, qh as Q5_0's, d and m (N, K/32) float16."
     load_kernels()
     K = _check_q5("q5_1_linear", qs, qh, d, m)
     return torch.ops.llama_lit.q5_1_linear(_check_x("q5_1_linear", x, K), qs, qh, d, m)
-
 
 # %% ../nbs/11_kernels.ipynb #8e8e65d7
 def q4_1_fields(blocks: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -331,19 +339,23 @@ def q4_1_fields(blocks: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
                          "--kernels off (in Python: Llama.build(..., kernels=False))")
     return blocks["qs"], blocks["d"], m
 
+# %% ../nbs/11_kernels.ipynb #b8af055e
 def split_q4_1_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "GGUF Q4_1 bytes of a (N, K) matrix -> qs (N, K/2), d, m (N, K/32): gguf_blocks' fields, the same bits."
     return q4_1_fields(gguf_blocks(raw, shape, GGMLQuantizationType.Q4_1))
 
+# %% ../nbs/11_kernels.ipynb #03df3f2f
 def split_q4_0_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "GGUF Q4_0 bytes of a (N, K) matrix as Q4_1's qs, d, m (m = -8·d)."
     return q4_1_fields(gguf_blocks(raw, shape, GGMLQuantizationType.Q4_0))
 
+# %% ../nbs/11_kernels.ipynb #335f32f9
 def split_q8_0_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
     "GGUF Q8_0 bytes of a (N, K) matrix -> qs (N, K) int8, d (N, K/32): gguf_blocks' fields."
     f = gguf_blocks(raw, shape, GGMLQuantizationType.Q8_0)
     return f["qs"], f["d"]
 
+# %% ../nbs/11_kernels.ipynb #62e4dc5d
 _Q5_BLOCKS = {GGMLQuantizationType.Q5_0: np.dtype([("d", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)]),   # 22 bytes
               GGMLQuantizationType.Q5_1: np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "<u4"), ("qs", "u1", 16)])}
 

@@ -110,6 +110,7 @@ def load_kquants() -> None:
 
 def _fake_kquant(x, blocks): return x.new_empty(x.shape[0], blocks.shape[0])
 
+# %% ../nbs/11b_kquants.ipynb #040d4da4
 def kquants_available() -> bool:
     "Whether the K-quant kernels load here (compiling the library if needed)."
     try: load_kquants(); return True
@@ -136,11 +137,13 @@ def q4_k_linear(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     load_kquants()
     return torch.ops.llama_lit.q4_k_linear(*_check("q4_k_linear", "q4_k", x, blocks))
 
+# %% ../nbs/11b_kquants.ipynb #0ffcd82c
 def q5_k_linear(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     "x (M, K) · Wᵀ for W as GGUF Q5_K bytes (N, K/256·176) uint8; float32 (M, N)."
     load_kquants()
     return torch.ops.llama_lit.q5_k_linear(*_check("q5_k_linear", "q5_k", x, blocks))
 
+# %% ../nbs/11b_kquants.ipynb #eb3e495b
 def q6_k_linear(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     "x (M, K) · Wᵀ for W as GGUF Q6_K bytes (N, K/256·210) uint8; float32 (M, N)."
     load_kquants()

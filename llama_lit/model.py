@@ -59,6 +59,7 @@ def uses_vocab_parallel(args: ModelArgs) -> bool:
     "Whether tok_embeddings is split by vocabulary rows (Llama 3, and any tied model) rather than by dimension."
     return args.vocab_parallel_embedding or args.tie_word_embeddings
 
+# %% ../nbs/04_model.ipynb #191449ff
 class Transformer(nn.Module):
     "The LLaMA decoder: tok_embeddings -> n_layers × TransformerBlock -> norm -> output (float32 logits)."
     def __init__(self, params: ModelArgs):
@@ -107,10 +108,12 @@ def meta_state_dict(sd: dict) -> dict:
     "A Meta checkpoint's state dict without the unused `rope.freqs` entry, ready for load_state_dict(strict=True)."
     return {k: v for k, v in sd.items() if k != "rope.freqs"}
 
+# %% ../nbs/04_model.ipynb #6d069d68
 def expected_keys(n_layers: int, tied: bool = False) -> list[str]:
     "The state-dict keys of a Meta checkpoint with `n_layers` blocks (no rope.freqs; no output.weight if tied)."
     return list(weight_shapes(ModelArgs(n_layers=n_layers, vocab_size=1, tie_word_embeddings=tied)))
 
+# %% ../nbs/04_model.ipynb #08874337
 def tie_state_dict(sd: dict, tied: bool) -> dict:
     "A state dict ready for a (tied or untied) Transformer: a tied one gets output.weight = tok_embeddings.weight."
     if not tied:

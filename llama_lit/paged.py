@@ -59,6 +59,7 @@ class SamplingParams:
         if not isinstance(self.logprobs, bool):
             raise ValueError(f"logprobs must be True or False, got {self.logprobs!r}")
 
+# %% ../nbs/13_paged.ipynb #071dd69f
 @dataclass
 class RequestOutput:
     "What `Engine.step` reports for a request that got a token or ended in that step."
@@ -75,6 +76,7 @@ def blocks_for(n_tokens: int, block_size: int) -> int:
     "Blocks that hold `n_tokens` positions: the ceiling of n_tokens / block_size."
     return -(-n_tokens // block_size)
 
+# %% ../nbs/13_paged.ipynb #b96d9861
 def slot_ids(block_table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
     "Flat pool slots (block * block_size + offset) of `positions` through a sequence's `block_table` (n_blocks,)."
     return block_table[positions // block_size] * block_size + positions % block_size
@@ -332,6 +334,7 @@ def add_request(self: Engine, request_id: str, prompt_token_ids: list[int], para
     self.seqs[request_id] = seq
     self.waiting.append(seq)
 
+# %% ../nbs/13_paged.ipynb #b9718920
 @patch
 def has_unfinished(self: Engine) -> bool:
     "Whether a request is waiting or running, or an ending is still to be reported by `step`."
@@ -478,6 +481,7 @@ def block_digest(prev: bytes, tokens: list[int]) -> bytes:
     "SHA-256 of a block of `tokens` after the prefix whose digest is `prev` (b'' for the first block)."
     return hashlib.sha256(prev + struct.pack(f"<{len(tokens)}q", *tokens)).digest()
 
+# %% ../nbs/13_paged.ipynb #0b84a283
 def prefix_digests(tokens: list[int], block_size: int, digests: list[bytes] = ()) -> list[bytes]:
     "`digests` (of the first blocks) extended to one per full block of `tokens`."
     out = list(digests)
@@ -485,6 +489,7 @@ def prefix_digests(tokens: list[int], block_size: int, digests: list[bytes] = ()
         out.append(block_digest(out[-1] if out else b"", tokens[i * block_size : (i + 1) * block_size]))
     return out
 
+# %% ../nbs/13_paged.ipynb #7d65971a
 @patch
 def lookup(self: BlockPool, digests: list[bytes]) -> list[int]:
     "The cached blocks of the longest cached run of `digests` from the first, each now held once more."

@@ -32,6 +32,7 @@ def dist_timeout() -> float:
     if not t > 0: raise ValueError(f"LLAMA_LIT_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
     return t
 
+# %% ../nbs/03b_parallel.ipynb #52698a93
 def dist_context() -> str:
     "Where an error happened, for messages: rank, world size and the process-group timeout."
     if not dist.is_initialized() or dist.get_world_size() == 1: return ""
@@ -114,6 +115,7 @@ def linear_init(std: float = 0.02):
         return w
     return init
 
+# %% ../nbs/03b_parallel.ipynb #e2860213
 @contextlib.contextmanager
 def no_weight_init():
     "Build modules without drawing random weights (a checkpoint is about to overwrite them)."
@@ -146,6 +148,7 @@ def is_model_parallel() -> bool:
     if not (dist.is_initialized() and fs_init.model_parallel_is_initialized()): return False
     return fs_init.get_model_parallel_world_size() > 1
 
+# %% ../nbs/03b_parallel.ipynb #01d99a96
 def digest(value) -> int:
     "A 63-bit digest of a tensor's dtype, shape and bytes, else of the value's `repr`: equal for equal values."
     h = hashlib.blake2b(digest_size=8)
@@ -157,11 +160,13 @@ def digest(value) -> int:
     else: h.update(repr(value).encode())
     return int.from_bytes(h.digest(), "little") >> 1          # fits an int64
 
+# %% ../nbs/03b_parallel.ipynb #925bacf8
 def differing(digests: torch.Tensor, names: list[str]) -> list[tuple[str, list[int]]]:
     "For (world, len(names)) digests: each name whose ranks disagree, with the ranks that differ from rank 0."
     odd = digests != digests[0]                                 # (world, n)
     return [(n, odd[:, k].nonzero().flatten().tolist()) for k, n in enumerate(names) if odd[:, k].any()]
 
+# %% ../nbs/03b_parallel.ipynb #34ea568a
 def model_parallel_digests(values: list[int], device=None) -> torch.Tensor | None:
     "(world, len(values)) int64: every model-parallel rank's `values` (one all_gather); None on one process."
     if not is_model_parallel(): return None
@@ -174,6 +179,7 @@ def model_parallel_digests(values: list[int], device=None) -> torch.Tensor | Non
     dist.all_gather(every, mine, group=group)
     return torch.stack(every).cpu()
 
+# %% ../nbs/03b_parallel.ipynb #d48270d8
 def check_same_on_ranks(what: dict, hint: str = "", device=None) -> None:
     """Raise the same ValueError on every model-parallel rank when its ranks hold different values for a key of
     `what` (every rank must pass the same keys); nothing on one process."""
@@ -197,6 +203,7 @@ def replicated_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
             if whole and not p.is_meta: out[f"{mname}.{pname}" if mname else pname] = p
     return out
 
+# %% ../nbs/03b_parallel.ipynb #03503d27
 def check_replicated(model: nn.Module) -> None:
     """Raise ValueError (on every rank) naming the first replicated tensor (a norm weight, ...) whose copies differ
     between the model-parallel ranks: one all_gather of one digest per tensor; nothing on one process."""
@@ -230,6 +237,7 @@ def should_report(message: str = "") -> bool:
     try: return store.add(key, 1) == 1
     except Exception: return rank0                              # noqa: BLE001
 
+# %% ../nbs/03b_parallel.ipynb #2c2c3f36
 def peer_reported() -> bool:
     "Whether a rank of this torchrun has reported an error (this one is being stopped because of it)."
     if int(os.environ.get("WORLD_SIZE", 1)) == 1: return False

@@ -38,7 +38,6 @@ __all__ = ['INT4_GROUP_SIZES', 'Q8_0_MODES', 'QUANTS', 'matmul_shapes', 'bits_pe
            'gguf_qlinear', 'quant_linears', 'swap_linears', 'check_one_process', 'quantize_model', 'cpu_has_bf16']
 
 # %% ../nbs/10_quant.ipynb #ac338813
-_Q = GGMLQuantizationType
 _MATRICES = ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
              "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 
@@ -47,6 +46,9 @@ def matmul_shapes(args: ModelArgs) -> list[tuple[int, int]]:
     shapes = weight_shapes(args)                                          # Meta name -> shape
     layers = [shapes[f"layers.{i}.{m}.weight"] for i in range(args.n_layers) for m in _MATRICES]
     return [tuple(s) for s in layers] + [tuple(shapes.get("output.weight", shapes["tok_embeddings.weight"]))]
+
+# %% ../nbs/10_quant.ipynb #cafa9390
+_Q = GGMLQuantizationType
 
 def bits_per_weight(fmt: str, in_features: int, group_size: int = 32) -> float:
     """Bits per weight of a matrix in `fmt`, scales included: f32, bf16, int8 (bf16 scale per row), int4 (bf16 scale
@@ -57,19 +59,21 @@ def bits_per_weight(fmt: str, in_features: int, group_size: int = 32) -> float:
     if fmt not in bits: raise ValueError(f"unknown format {fmt!r}; one of {sorted(bits)}")
     return bits[fmt]
 
+# %% ../nbs/10_quant.ipynb #f052d9fd
 def weight_bytes(args: ModelArgs, fmt: str, group_size: int = 32) -> float:
     "Bytes of weights one decode step reads with every matrix stored in `fmt` (the embedding row not counted)."
     return sum(o * i * bits_per_weight(fmt, i, group_size) / 8 for o, i in matmul_shapes(args))
 
 # %% ../nbs/10_quant.ipynb #abdcfda7
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    "C's roundf: halves away from zero (torch.round rounds them to even)."
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+# %% ../nbs/10_quant.ipynb #eb4fe495
 def _check_weight(w) -> None:
     if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
         got = f"shape {tuple(w.shape)}, {w.dtype}" if isinstance(w, torch.Tensor) else type(w).__name__
         raise ValueError(f"expected a 2-D floating-point weight (out_features, in_features), got {got}")
-
-def round_half_away(x: torch.Tensor) -> torch.Tensor:
-    "C's roundf: halves away from zero (torch.round rounds them to even)."
-    return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Symmetric per-output-channel int8: q (out, in) int8 and scales s (out,) float32 with w ≈ q·s, s = max|row|/127."
@@ -128,6 +132,7 @@ def int4_scales_and_zeros(d: torch.Tensor, m: torch.Tensor | None = None) -> tor
     zero = torch.zeros_like(d) if m is None else m.float() + 8 * d
     return torch.stack([d, zero], dim=-1).transpose(0, 1).contiguous()
 
+# %% ../nbs/10_quant.ipynb #9678a4c4
 def _pad_rows(t: torch.Tensor, mult: int = 32) -> torch.Tensor:
     "t with zero rows appended up to a multiple of `mult` rows."
     pad = -t.shape[0] % mult
@@ -156,6 +161,7 @@ def int4pack_source(n: int, k: int) -> torch.Tensor:
         src |= torch.stack([p & 15, p >> 4], -1).reshape(-1).long() << shift
     return src
 
+# %% ../nbs/10_quant.ipynb #755e6e86
 def unpack_int4(packed: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     """Codes (out, in) uint8 back from pack_int4 (same `rows`), by inverting the layout int4pack_source reads from the
     packer: right on every ISA; CUDA's 4-D layout through its kernel."""
@@ -169,6 +175,7 @@ def unpack_int4(packed: torch.Tensor, rows: int = 4096) -> torch.Tensor:
         out.append(codes.reshape(n, k))
     return torch.cat(out)
 
+# %% ../nbs/10_quant.ipynb #a08e9ab1
 def int4pack_pairs(n: int) -> list[tuple[int, int]]:
     """The packer's layout in brief: for the bytes holding column 0 of an (n, 2) matrix, in memory order, (row in the
     low nibble, row in the high)."""
@@ -192,16 +199,19 @@ def q4_1_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b = gguf_blocks(raw, shape, _Q.Q4_1)
     return unpack_nibbles(b["qs"]), b["d"], b["m"]
 
+# %% ../nbs/10_quant.ipynb #1c785e65
 def q4_0_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
     "Codes (out, in) uint8 and d (out, in/32) float16 of a Q4_0 tensor's raw bytes; w = d·(q − 8)."
     b = gguf_blocks(raw, shape, _Q.Q4_0)
     return unpack_nibbles(b["qs"]), b["d"]
 
+# %% ../nbs/10_quant.ipynb #219e28df
 def q8_0_blocks_to_int8(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
     "q (out, in) int8 and d (out, in/32) float16 of a Q8_0 tensor's raw bytes; w = d·q, one d per 32 weights."
     b = gguf_blocks(raw, shape, _Q.Q8_0)
     return b["qs"], b["d"]
 
+# %% ../nbs/10_quant.ipynb #4c4eadd2
 def _table(d: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
     "int4_scales_and_zeros(d, m) with its rows (dim 1) padded to a multiple of 32, as the padded codes."
     return _pad_rows(int4_scales_and_zeros(d, m).transpose(0, 1)).transpose(0, 1).contiguous()
@@ -212,6 +222,7 @@ def q4_1_blocks_to_int4pack(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
     q, d, m = q4_1_blocks(raw, shape)
     return pack_int4(_pad_rows(q)), _table(d, m)
 
+# %% ../nbs/10_quant.ipynb #5501c953
 def q4_0_blocks_to_int4pack(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
     "A Q4_0 tensor's raw bytes as the int4 kernel's (packed, table): scale d, zero 0."
     q, d = q4_0_blocks(raw, shape)
@@ -226,6 +237,7 @@ def q4_k_blocks(raw, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     per_sub = lambda x: x.float().repeat_interleave(8, -1)            # (out, in/256) -> (out, in/32)
     return unpack_planes(b["qs"], 4, 32), per_sub(b["d"]) * sc, per_sub(b["dmin"]) * m
 
+# %% ../nbs/10_quant.ipynb #70645748
 def q4_k_blocks_to_int4pack(raw, shape) -> tuple[torch.Tensor, torch.Tensor]:
     "A Q4_K tensor's raw bytes as the int4 kernel's (packed, table): scale d·s_j, zero −dmin·m_j + 8·d·s_j, group 32."
     q, scale, mins = q4_k_blocks(raw, shape)
@@ -242,12 +254,14 @@ def quantize_q8_0(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
     return round_half_away(g * inv).to(torch.int8).reshape(out_f, in_f), d.squeeze(-1).half()
 
+# %% ../nbs/10_quant.ipynb #1765360e
 def q8_0_bytes(q: torch.Tensor, d: torch.Tensor) -> np.ndarray:
     "Q8_0's (q (out, in) int8, d (out, in/32)) as GGUF blocks: (out, in/32·34) uint8."
     if q.shape[1] % 32 or d.shape != (q.shape[0], q.shape[1] // 32):
         raise ValueError(f"Q8_0 blocks hold 32 weights each: q {tuple(q.shape)}, d {tuple(d.shape)}")
     return gguf_block_bytes({"d": d, "qs": q}, GGMLQuantizationType.Q8_0)
 
+# %% ../nbs/10_quant.ipynb #929fb23f
 def q8_0_to_int4pack(q: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Q8_0 (q (out, in) int8, d (out, in/32)) as int4 over 2·in columns, exact: q + 128 = 16h + l,
     w = 16d·(h − 8) + [d·(l − 8) + 8d]; (packed, table)."""
@@ -259,8 +273,6 @@ def q8_0_to_int4pack(q: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, to
     return pack_int4(_pad_rows(codes)), _pad_rows(table).transpose(0, 1).contiguous()
 
 # %% ../nbs/10_quant.ipynb #ee9a150a
-_FLOATS = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
-
 class PackedWeights(nn.Module):
     "A module whose weights are buffers in formats of their own: .to(device) moves them, a dtype change leaves them be."
     @property
@@ -277,12 +289,16 @@ class PackedWeights(nn.Module):
             if new is not None and new.dtype != old.dtype: self._buffers[k] = old.to(new.device)
         return self
 
+# %% ../nbs/10_quant.ipynb #c7f63e87
 def check_device(device: torch.device, dtype=None) -> None:
     "QuantLinear packs for torch's CPU or CUDA kernels; CUDA's int4 kernel computes in bfloat16 only."
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"QuantLinear packs for torch's CPU or CUDA kernels; the weight is on {device}")
     if device.type == "cuda" and dtype is not None and dtype != torch.bfloat16:
         raise ValueError(f"torch's CUDA int4 kernel computes in bfloat16 only, not {dtype}: pass dtype=torch.bfloat16")
+
+# %% ../nbs/10_quant.ipynb #b7ca87ab
+_FLOATS = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 # %% ../nbs/10_quant.ipynb #5e1d0a05
 class QuantLinear(PackedWeights):
@@ -393,12 +409,14 @@ def int4_cuda_bytes(q: torch.Tensor) -> torch.Tensor:
     q = q.to(torch.uint8)
     return (q[:, 0::2] << 4 | q[:, 1::2]).contiguous()
 
+# %% ../nbs/10_quant.ipynb #036a47e1
 def cuda_inner_k_tiles(in_features: int) -> int:
     "innerKTiles for torch's CUDA int4 kernel: the largest of 8, 4, 2 with in_features a multiple of 16·innerKTiles."
     for t in (8, 4, 2):
         if in_features % (16 * t) == 0: return t
     raise ValueError(f"in_features={in_features}: torch's CUDA int4 kernel needs a multiple of 32")
 
+# %% ../nbs/10_quant.ipynb #10499862
 def pack_int4_cuda(q: torch.Tensor) -> torch.Tensor:
     """Codes (out, in) on a CUDA device, out a multiple of 8, for _weight_int4pack_mm: int32
     (out/8, in/(16·t), 32, t/2), t = cuda_inner_k_tiles(in)."""
@@ -462,6 +480,7 @@ def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
     model (wq, wk, wv, wo, w1, w2, w3, output)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))}
 
+# %% ../nbs/10_quant.ipynb #a2d6185a
 def swap_linears(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
     """Put each module of `new` (module name -> module with in_features/out_features, e.g. a QuantLinear) into `model`
     in place of the fairscale linear of that name, every shape checked before the first swap; `model`, changed."""
@@ -484,6 +503,7 @@ def check_one_process() -> None:
         raise ValueError("weight-only quantization here works on a one-process model (model parallel size 1): "
                          "a QuantLinear holds the whole matrix and does no all-reduce")
 
+# %% ../nbs/10_quant.ipynb #144b5ce6
 QUANTS = ("int8", "int4")
 
 def quantize_model(model: Transformer, quant: str = "int8", group_size: int = 32, dtype=torch.bfloat16,
@@ -508,6 +528,14 @@ def quantize_model(model: Transformer, quant: str = "int8", group_size: int = 32
 
 __getattr__ = moved(__name__, {"load_gguf_quantized": "llama_lit.build", "quantized_transformer": "llama_lit.build"})
 
+# %% ../nbs/10_quant.ipynb #50ec0da3
+_NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+def _onednn_below_bf16() -> bool:
+    "Whether ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) holds oneDNN below its bfloat16 instructions."
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap in _NO_BF16_ISAS
+
 # %% ../nbs/10_quant.ipynb #4bf35273
 def cpu_has_bf16() -> bool:
     """Whether this CPU does bfloat16 arithmetic natively (x86 AVX512_BF16 or AMX-BF16, Arm BF16); False when it cannot
@@ -519,4 +547,4 @@ def cpu_has_bf16() -> bool:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.split(":")[0].strip() in ("flags", "Features"): flags |= set(line.split(":", 1)[1].split())
     except OSError: pass                                      # not Linux
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) and not _onednn_below_bf16()

@@ -23,6 +23,7 @@ def rope_freqs(dim: int, theta: float = 10000.0, scaling: dict | None = None) ->
                          f"(what ModelArgs.rope_scaling() returns), got {scaling!r}")
     return llama3_scale_freqs(freqs, **scaling)
 
+# %% ../nbs/02_rope.ipynb #12e23096
 def precompute_freqs_cis(dim: int, end: int, theta: float = 10000.0, scaling: dict | None = None) -> torch.Tensor:
     """Table of e^{j·m·θ_i} for positions m < `end` and pair frequencies θ_i = theta^(-2i/dim) (scaled if `scaling`):
     complex64 (end, dim/2)."""
@@ -31,6 +32,7 @@ def precompute_freqs_cis(dim: int, end: int, theta: float = 10000.0, scaling: di
     freqs = torch.outer(t, freqs)                                                    # (end, dim/2): m·θ_i
     return torch.polar(torch.ones_like(freqs), freqs)                               # cos + j·sin
 
+# %% ../nbs/02_rope.ipynb #f1ff6a65
 def reshape_for_broadcast(freqs_cis: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     "View freqs_cis (seqlen, head_dim/2) as (1, seqlen, 1, head_dim/2) to broadcast against x (bsz, seqlen, ...)."
     if freqs_cis.shape != (x.shape[1], x.shape[-1]):
@@ -39,6 +41,7 @@ def reshape_for_broadcast(freqs_cis: torch.Tensor, x: torch.Tensor) -> torch.Ten
     shape = [d if i == 1 or i == x.ndim - 1 else 1 for i, d in enumerate(x.shape)]
     return freqs_cis.view(*shape)
 
+# %% ../nbs/02_rope.ipynb #2fa13d8d
 def apply_rotary_emb(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor):
     "Rotate queries and keys (bsz, seqlen, n_heads, head_dim) by their positions; Meta's interleaved-pair convention."
     xq_ = torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))   # (bsz, seqlen, n_heads, head_dim/2)
@@ -54,17 +57,20 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
+# %% ../nbs/02_rope.ipynb #90d54f15
 def rope_cos_sin(dim: int, end: int, theta: float = 10000.0, scaling: dict | None = None):
     "Hugging Face's cos and sin tables (end, dim): the dim/2 angles repeated for both halves (scaled if `scaling`)."
     freqs = torch.outer(torch.arange(end, dtype=torch.float32), rope_freqs(dim, theta, scaling))  # (end, dim/2)
     emb = torch.cat((freqs, freqs), dim=-1)                                   # (end, dim)
     return emb.cos(), emb.sin()
 
+# %% ../nbs/02_rope.ipynb #e2e77996
 def apply_rotary_emb_hf(xq: torch.Tensor, xk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     "Rotate-half RoPE on (bsz, seqlen, n_heads, head_dim) with cos/sin of shape (seqlen, head_dim)."
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]                   # (1, seqlen, 1, head_dim)
     return xq * cos + rotate_half(xq) * sin, xk * cos + rotate_half(xk) * sin
 
+# %% ../nbs/02_rope.ipynb #1ef9bbaf
 def interleaved_to_half(head_dim: int) -> torch.Tensor:
     "Index that reorders a head's dims from interleaved pairs (Meta) to half-split pairs (HF): [0,2,4,...,1,3,5,...]."
     return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])

@@ -34,6 +34,7 @@ def check_sampling(top_k: int = 0, repetition_penalty: float = 1.0) -> None:
             or not 0 < repetition_penalty < float("inf"):                           # NaN fails too
         raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0 = off), got {repetition_penalty!r}")
 
+# %% ../nbs/05a_sampling.ipynb #5ba8d8b9
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     "Logits (bsz, vocab) with all but the k largest of each row set to -inf (ties with the k-th kept); k = 0: off."
     check_sampling(top_k=k)
@@ -41,6 +42,7 @@ def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]                    # (bsz, 1): the k-th largest
     return logits.masked_fill(logits < kth, float("-inf"))
 
+# %% ../nbs/05a_sampling.ipynb #6037d37a
 def apply_repetition_penalty(logits: torch.Tensor, prev_tokens: torch.Tensor, penalty: float) -> torch.Tensor:
     """Logits (bsz, vocab) with each token of its row of `prev_tokens` (bsz, n) penalised once (transformers' sign
     rule): >= 0 divided by `penalty`, < 0 multiplied."""

@@ -53,6 +53,7 @@ class APIError(Exception):
         "The error as an HTTP response."
         return JSONResponse(self.body(), status_code=self.status)
 
+# %% ../nbs/14_serve.ipynb #15dd8d63
 def shutting_down(detail: str | None = None) -> APIError:
     "503: the server is going away (or its engine failed); try another replica or later."
     return APIError(detail or "the server is shutting down", None, "server_shutdown", 503, "server_error")
@@ -152,6 +153,7 @@ class ChatCompletionRequest(CommonRequest):
         if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
             raise APIError("max_completion_tokens: differs from max_tokens; send one of them", "max_completion_tokens")
 
+# %% ../nbs/14_serve.ipynb #c5984030
 class CompletionRequest(CommonRequest):
     "The body of POST /v1/completions."
     prompt: str | list[int] | list[str]                  # a list of strings: one, as some clients send it
@@ -173,6 +175,7 @@ class CompletionRequest(CommonRequest):
         if self.echo: raise APIError("echo: not supported", "echo")
         if self.suffix is not None: raise APIError("suffix: not supported (no fill-in-the-middle)", "suffix")
 
+# %% ../nbs/14_serve.ipynb #0fbf7953
 def parse_request(body: bytes, model: type[CommonRequest]) -> CommonRequest:
     "A request body as `model`, checked; any problem is one APIError naming the field."
     try: req = model.model_validate_json(body)
@@ -221,6 +224,7 @@ class Delta:
     prompt_tokens: int
     completion_tokens: int
 
+# %% ../nbs/14_serve.ipynb #2a8ab592
 @dataclass
 class Job:
     "A request as the engine thread holds it."
@@ -421,6 +425,7 @@ class Shape:
         return {**self._head("chat.completion" if self.chat else "text_completion"), "choices": [c],
                 "usage": usage(deltas[-1])}
 
+# %% ../nbs/14_serve.ipynb #b0a7bd95
 def usage(d: Delta) -> dict:
     return {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
             "total_tokens": d.prompt_tokens + d.completion_tokens}
@@ -506,6 +511,7 @@ def event(obj) -> str:
     "One server-sent event."
     return f"data: {json.dumps(obj)}\n\n"
 
+# %% ../nbs/14_serve.ipynb #ef722b35
 async def sse(stream: RequestStream, shape: Shape, include_usage: bool) -> AsyncIterator[str]:
     "The events of a streamed response (see above)."
     extra = {"usage": None} if include_usage else {}
@@ -600,6 +606,7 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     try: return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as e: raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
+# %% ../nbs/14_serve.ipynb #88a81322
 class DrainingServer(uvicorn.Server):
     "uvicorn's server whose first SIGTERM/SIGINT drains the engine thread, and which then exits normally."
     def __init__(self, config: uvicorn.Config, state: ServeState, drain_timeout: float):
@@ -622,6 +629,7 @@ class DrainingServer(uvicorn.Server):
         finally:
             for s, h in old.items(): signal.signal(s, h)
 
+# %% ../nbs/14_serve.ipynb #f9fa9914
 def serve(app: FastAPI, sock: socket.socket | None = None, drain_timeout: float = 30.0,
           log_level: str = "warning") -> None:
     "Serve `app` on `sock` (default: `bind()`) until SIGTERM or Ctrl-C, then drain and return."

@@ -38,6 +38,7 @@ def llama_spm_options(vocab_size: int = 4096) -> dict:
                 allow_whitespace_only_pieces=True, character_coverage=0.99995, required_chars=_ASCII,
                 num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2)
 
+# %% ../nbs/00_tokenizer.ipynb #24a42ab4
 def train_tokenizer(out_path, corpus_dir=None, vocab_size: int = 4096) -> Path:
     "Train a LLaMA-style BPE tokenizer on the non-empty lines of the corpus and write it to `out_path`."
     lines = [l for text in load_corpus(corpus_dir).values() for l in text.splitlines() if l.strip()]
@@ -79,6 +80,7 @@ def find_tokenizer(path) -> Path | None:
     ggufs = sorted(p.glob("*.gguf"))
     return ggufs[0] if len(ggufs) == 1 else None
 
+# %% ../nbs/00_tokenizer.ipynb #20c6ec19
 def read_json_object(path) -> dict:
     "The JSON object in the file at `path`; ValueError naming the file if it is not UTF-8, not JSON or not an object."
     p = Path(path)
@@ -88,6 +90,7 @@ def read_json_object(path) -> dict:
     if not isinstance(obj, dict): raise ValueError(f"{p} must hold a JSON object, not a {type(obj).__name__}")
     return obj
 
+# %% ../nbs/00_tokenizer.ipynb #a77f57e5
 def named_chat_templates(t, source) -> dict[str, str]:
     """transformers' forms of `chat_template` as {name: template}: a str is the 'default', a list of
     {"name": ..., "template": ...} objects (or a dict) names several, None is none; anything else is refused."""
@@ -354,15 +357,6 @@ def _read_hf(path):
                eos=_token_text(cfg.get("eos_token"), "eos_token", cfg_path), stop_ids=_stop_ids(gen, gen_path))
 
 # %% ../nbs/00_tokenizer.ipynb #5c1d0a24
-_GPT2_PRE = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-_LLAMA3_PRE = {"type": "Sequence", "pretokenizers": [
-    {"type": "Split", "pattern": {"Regex": LLAMA3_PAT_STR}, "behavior": "Isolated", "invert": False},
-    {**_GPT2_PRE, "use_regex": False}]}
-_DIGITS_GPT2 = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _GPT2_PRE]}
-GGUF_PRE_TOKENIZERS = {"llama-bpe": _LLAMA3_PRE, "llama3": _LLAMA3_PRE, "llama-v3": _LLAMA3_PRE,
-                       "smollm": _DIGITS_GPT2, "starcoder": _DIGITS_GPT2, "gpt-2": _GPT2_PRE}
-_LLAMA3_PRE_NAMES = ("llama-bpe", "llama3", "llama-v3")   # Llama 3 also ignores merges for a chunk that is one token
-
 def gguf_vocabulary(meta: dict, source="the GGUF file", distinct=True) -> tuple[list[str], list[int]]:
     """A GGUF's tokens and their types, checked: a list of strings (`distinct`: each once), one int type per token
     (1 if none)."""
@@ -378,6 +372,16 @@ def gguf_vocabulary(meta: dict, source="the GGUF file", distinct=True) -> tuple[
     if not (isinstance(types, list) and len(types) == len(tokens) and all(type(t) is int for t in types)):
         raise ValueError(f"{source}: tokenizer.ggml.token_type must hold one integer per token ({len(tokens)})")
     return tokens, types
+
+# %% ../nbs/00_tokenizer.ipynb #b877d8c0
+_GPT2_PRE = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+_LLAMA3_PRE = {"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"Regex": LLAMA3_PAT_STR}, "behavior": "Isolated", "invert": False},
+    {**_GPT2_PRE, "use_regex": False}]}
+_DIGITS_GPT2 = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _GPT2_PRE]}
+GGUF_PRE_TOKENIZERS = {"llama-bpe": _LLAMA3_PRE, "llama3": _LLAMA3_PRE, "llama-v3": _LLAMA3_PRE,
+                       "smollm": _DIGITS_GPT2, "starcoder": _DIGITS_GPT2, "gpt-2": _GPT2_PRE}
+_LLAMA3_PRE_NAMES = ("llama-bpe", "llama3", "llama-v3")   # Llama 3 also ignores merges for a chunk that is one token
 
 def _gguf_merges(meta: dict, vocab: dict, source) -> list[list[str]]:
     "tokenizer.ggml.merges as [left, right] pairs, each a 'left right' string of two vocabulary tokens."

@@ -37,11 +37,13 @@ def split_documents(names: list[str], every: int = VAL_EVERY, offset: int = VAL_
     val = [n for i, n in enumerate(names) if i % every == offset]
     return [n for n in names if n not in val], val
 
+# %% ../nbs/08_training.ipynb #4de9b7fa
 def encode_documents(docs: dict[str, str], names: list[str], tokenizer: Tokenizer) -> torch.Tensor:
     "The documents `names`, each encoded as <s> text </s>, concatenated into one 1-D tensor of token ids."
     ids = [t for n in names for t in tokenizer.encode(docs[n], bos=True, eos=True)]
     return torch.tensor(ids, dtype=torch.long)
 
+# %% ../nbs/08_training.ipynb #bd55e646
 def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator):
     "Random windows: inputs x and next-token targets y, both (batch_size, seq_len)."
     if len(data) <= seq_len + 1: raise ValueError(f"{len(data)} tokens are too few for windows of {seq_len + 1}")
@@ -55,6 +57,7 @@ def lm_loss(model: Transformer, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     logits = model(x, 0, use_cache=False)                                   # (bsz, seqlen, vocab)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
+# %% ../nbs/08_training.ipynb #d7bd0093
 def unigram_perplexity(train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> float:
     "Perplexity on `val` of token frequencies counted on `train` (add-one smoothing)."
     counts = torch.bincount(train, minlength=vocab_size).double() + 1.0
@@ -97,12 +100,14 @@ class TrainConfig:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not 0 <= self.seed < 2**63: raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
 
+# %% ../nbs/08_training.ipynb #9e5b926a
 def lr_at(step: int, cfg: TrainConfig) -> float:
     "Learning rate at `step`: linear warm-up, then cosine decay to min_lr at cfg.steps."
     if step < cfg.warmup: return cfg.lr * (step + 1) / cfg.warmup
     frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
 
+# %% ../nbs/08_training.ipynb #4226aa65
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     "AdamW with weight decay on 2-D weights only."
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -117,6 +122,7 @@ def model_args(cfg: TrainConfig, vocab_size: int) -> ModelArgs:
                      vocab_size=vocab_size, multiple_of=cfg.multiple_of, norm_eps=1e-5, max_batch_size=1,
                      max_seq_len=cfg.seq_len, context_length=cfg.seq_len)
 
+# %% ../nbs/08_training.ipynb #065c4154
 META_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
                "norm_eps", "rope_theta")
 
@@ -148,6 +154,7 @@ def prepare_data(corpus_dir=None, tokenizer_path=None) -> tuple[Tokenizer, torch
                          f"{corpus_dir} has {len(docs)}")
     return tok, encode_documents(docs, train_names, tok), encode_documents(docs, val_names, tok), val_names
 
+# %% ../nbs/08_training.ipynb #c7571054
 def train_step(model: Transformer, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
                grad_clip: float) -> float:
     "One AdamW step at learning rate `lr` on inputs x and targets y (bsz, seqlen); returns the loss before the step."
