@@ -15,6 +15,9 @@ trap 'rm -f "$fake"' EXIT
 sed -E 's/ (avx512[a-z0-9_]*|amx[a-z0-9_]*|avx_vnni[a-z0-9_]*)//g' /proc/cpuinfo > "$fake"
 export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 LLAMA_LIT_AS_AVX2=1
 export AS_AVX2_CPUINFO="$fake"
+# torch.compile's on-disk cache does not tell capabilities apart: kernels compiled here and reused by a native run
+# corrupt its heap (seen with torch 2.13: "malloc_consolidate(): invalid chunk size"), so this run keeps its own.
+export TORCHINDUCTOR_CACHE_DIR="${TMPDIR:-/tmp}/torchinductor_avx2_$(id -un)"
 if ! unshare -m true 2>/dev/null; then
   echo "as_avx2: cannot make a mount namespace (needs root and unshare): /proc/cpuinfo would still list AVX-512" >&2
   exit 2

@@ -45,8 +45,12 @@ fi
 caps=$("$bin/python" -c 'from llama_lit.quant import cpu_capabilities; print(*cpu_capabilities()[:-1])')
 for cap in $caps; do
   echo "== quantization, kernel and GGUF tests under ATEN_CPU_CAPABILITY=$cap"
-  ATEN_CPU_CAPABILITY=$cap "$bin/python" -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_kernels.py tests/test_kquants.py tests/test_step.py tests/test_gguf.py
-  for nb in 09_gguf 10_quant 11_kernels 11b_kquants 11c_step; do ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/$nb.ipynb; done
+  # (its own torch.compile cache: the cache does not tell capabilities apart, and a native run reusing these crashes)
+  ind="${TMPDIR:-/tmp}/torchinductor_${cap}_$(id -un)"
+  TORCHINDUCTOR_CACHE_DIR=$ind ATEN_CPU_CAPABILITY=$cap "$bin/python" -m pytest -q -p no:cacheprovider tests/test_quant.py tests/test_kernels.py tests/test_kquants.py tests/test_step.py tests/test_gguf.py
+  for nb in 09_gguf 10_quant 11_kernels 11b_kquants 11c_step; do
+    TORCHINDUCTOR_CACHE_DIR=$ind ATEN_CPU_CAPABILITY=$cap "$bin/nbdev_test" --path nbs/$nb.ipynb
+  done
 done
 
 # The kernels have an AVX2 and an AVX-512 variant (chapter 11); the full run uses the CPU's own. On an AVX-512 CPU,
