@@ -68,7 +68,12 @@ if "$bin/python" -c 'import sys; from llama_lit.kernels import cpu_isas; sys.exi
   else echo "no AVX2 emulation: $(bash scripts/as_avx2.sh true 2>&1 | tail -1)"; fi
 fi
 if [ "$as_avx2" = yes ]; then
-  if command -v qemu-x86_64 >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }; then
+  if ! command -v qemu-x86_64 >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's qemu-user for the emulated AVX2 run"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null; } ||
+      echo "could not install qemu-user"
+  fi
+  if command -v qemu-x86_64 >/dev/null; then
     echo "== kernel and step tests on an emulated AVX2-only CPU (scripts/qemu_avx2.sh)"
     bash scripts/qemu_avx2.sh
   else
