@@ -13,7 +13,7 @@ if ! grep -qw avx2 /proc/cpuinfo; then echo "as_avx2: this CPU has no AVX2; run 
 fake=$(mktemp /tmp/cpuinfo_avx2.XXXXXX)
 trap 'rm -f "$fake"' EXIT
 sed -E 's/ (avx512[a-z0-9_]*|amx[a-z0-9_]*|avx_vnni[a-z0-9_]*)//g' /proc/cpuinfo > "$fake"
-export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 LLAMA_LIT_AS_AVX2=1
+export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 export AS_AVX2_CPUINFO="$fake"
 # torch.compile's on-disk cache does not tell capabilities apart: kernels compiled here and reused by a native run
 # corrupt its heap (seen with torch 2.13: "malloc_consolidate(): invalid chunk size"), so this run keeps its own.

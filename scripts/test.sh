@@ -55,7 +55,8 @@ done
 
 # The kernels have an AVX2 and an AVX-512 variant (chapter 11); the full run uses the CPU's own. On an AVX-512 CPU,
 # run their tests once more with the AVX2 variant as the default (the tests also switch both in one process).
-if "$bin/python" -c 'import sys; from llama_lit.kernels import cpu_isas; sys.exit("avx512" not in cpu_isas())'; then
+avx512=$("$bin/python" -c 'from llama_lit.kernels import cpu_isas; print("yes" if "avx512" in cpu_isas() else "no")')
+if [ "$avx512" = yes ]; then
   echo "== kernel tests under LLAMA_LIT_KERNELS_ISA=avx2"
   LLAMA_LIT_KERNELS_ISA=avx2 "$bin/python" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kquants.py tests/test_step.py tests/test_memory.py
 fi
@@ -63,9 +64,8 @@ fi
 # What the AVX2 variant *executes* (the runs above only choose it): the kernel and step tests on an emulated Haswell
 # (scripts/qemu_avx2.sh, QEMU user mode), where an AVX-512 instruction would stop the process (about 10 minutes).
 as_avx2=no
-if "$bin/python" -c 'import sys; from llama_lit.kernels import cpu_isas; sys.exit("avx512" not in cpu_isas())'; then
-  if bash scripts/as_avx2.sh true 2>/dev/null; then as_avx2=yes
-  else echo "no AVX2 emulation: $(bash scripts/as_avx2.sh true 2>&1 | tail -1)"; fi
+if [ "$avx512" = yes ]; then
+  if why=$(bash scripts/as_avx2.sh true 2>&1); then as_avx2=yes; else echo "no AVX2 emulation: ${why##*$'\n'}"; fi
 fi
 if [ "$as_avx2" = yes ]; then
   if ! command -v qemu-x86_64 >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
